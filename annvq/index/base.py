@@ -1,0 +1,232 @@
+"""What every index shares: input checks, metrics, external ids, norms for additive codecs, persistence.
+
+An index *composes* a :class:`~annvq.quantizers.Quantizer`; subclasses decide where codes live and
+how a query visits them (``FlatIndex`` scans all, ``IVFIndex`` scans ``nprobe`` lists).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .._validate import as_ids, as_vectors, check_k, check_metric, missing_ids
+from ..errors import DuplicateIdError, FormatError, InvalidInputError, NotTrainedError
+from ..quantizers import Quantizer
+from .norms import NormCodec
+
+_INDEX_TYPES: dict[str, type["BaseIndex"]] = {}
+
+
+class BaseIndex(ABC):
+    """Common behaviour of annvq indexes.
+
+    ``metric``: ``"l2"`` (squared distances, ascending), ``"ip"`` (inner products, descending) or
+    ``"cosine"`` (vectors normalised on the way in, cosine similarity, descending). External ids are
+    int64, unique, and stay attached to their vector across removals.
+    """
+
+    index_type: ClassVar[str]
+    lazy_columns: ClassVar[tuple[str, ...]] = ()  # per-vector arrays left on disk by ``load``
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "index_type" in cls.__dict__:
+            _INDEX_TYPES[cls.index_type] = cls
+
+    def __init__(self, codec: Quantizer, metric: str = "l2", norm_bits: int = 8) -> None:
+        if not isinstance(codec, Quantizer):
+            raise InvalidInputError(f"codec must be a Quantizer, got {type(codec).__name__}")
+        self.codec = codec
+        self.d = codec.d
+        self.metric = check_metric(metric)
+        self.norms = NormCodec(norm_bits) if codec.needs_norm(self._codec_metric) else None
+        self.ids = np.empty(0, dtype=np.int64)
+        self._order: np.ndarray | None = None  # argsort of ids, rebuilt lazily after changes
+        self.spec: str | None = None  # set by index_factory so files and services can show it
+        self.source_path = None  # the HDF5 file this index was loaded from, if any
+
+    # --- facts ---------------------------------------------------------------------------------
+    @property
+    def _codec_metric(self) -> str:
+        return "l2" if self.metric == "l2" else "ip"
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def is_trained(self) -> bool:
+        return self.codec.is_trained and self._extra_trained()
+
+    def _extra_trained(self) -> bool:
+        return True
+
+    @property
+    def code_size(self) -> int:
+        """Bytes stored per vector: the codec's packed code plus the norm byte(s) when used."""
+        return self.codec.code_size + (self.norms.nbytes if self.norms is not None else 0)
+
+    # --- input handling ------------------------------------------------------------------------
+    def _prepare(self, x, name: str) -> np.ndarray:
+        x = as_vectors(x, self.d, name)
+        if self.metric == "cosine":
+            n = np.linalg.norm(x, axis=1, keepdims=True)
+            if (n == 0).any():
+                raise InvalidInputError(f"{name}: zero vector has no direction under the cosine metric (row {int(np.flatnonzero(n[:, 0] == 0)[0])})")
+            x = np.ascontiguousarray(x / n, dtype=np.float32)
+        return x
+
+    def _require_trained(self) -> None:
+        if not self.is_trained:
+            raise NotTrainedError(f"{type(self).__name__} is not trained: call train() first")
+
+    def _rows_of(self, ids) -> np.ndarray:
+        """Row positions of external ``ids``; raises UnknownIdError naming the missing ones."""
+        ids = np.atleast_1d(np.asarray(ids))
+        if ids.dtype.kind not in "iu":
+            raise InvalidInputError(f"ids: expected integers, got dtype {ids.dtype}")
+        ids = ids.astype(np.int64).reshape(-1)
+        if self._order is None:
+            self._order = np.argsort(self.ids, kind="stable")
+        sorted_ids = self.ids[self._order]
+        pos = np.searchsorted(sorted_ids, ids)
+        pos = np.minimum(pos, max(len(sorted_ids) - 1, 0))
+        if len(sorted_ids) == 0 or not np.array_equal(sorted_ids[pos], ids):
+            missing_ids(ids, self.ids)
+        return self._order[pos]
+
+    def _new_ids(self, ids, n: int) -> np.ndarray:
+        if ids is None:
+            start = int(self.ids.max()) + 1 if self.ntotal else 0
+            return np.arange(start, start + n, dtype=np.int64)
+        ids = as_ids(ids, n)
+        clash = ids[np.isin(ids, self.ids)]
+        if clash.size:
+            raise DuplicateIdError(f"ids already in the index: {', '.join(map(str, clash[:10]))}")
+        return ids
+
+    def _norm_values(self, codes: np.ndarray) -> np.ndarray:
+        xh = self.codec.decode(codes)
+        return np.einsum("ij,ij->i", xh, xh)
+
+    # --- the public API ------------------------------------------------------------------------
+    def train(self, x) -> "BaseIndex":
+        """Train the codec (and any coarse quantizer) on ``x``."""
+        x = self._prepare(x, "x")
+        self._train(x)
+        if self.norms is not None:
+            self.norms.fit(self._norm_values(self._encode_for_norms(x)))
+        return self
+
+    def add(self, x, ids=None) -> np.ndarray:
+        """Encode and store vectors; returns their external ids (0.. upward when ``ids`` is None)."""
+        self._require_trained()
+        x = self._prepare(x, "x")
+        new_ids = self._new_ids(ids, x.shape[0])
+        self._add(x, new_ids)
+        self._order = None
+        return new_ids
+
+    def search(self, xq, k: int = 10, **params: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(D, I)`` of shape (nq, k): distances and external ids, best first; -1 ids pad short results.
+
+        L2 gives squared distances (ascending); ip and cosine give similarities (descending).
+        """
+        self._require_trained()
+        k = check_k(k)
+        xq = self._prepare(xq, "xq")
+        D, I = self._search(xq, k, **params)
+        if self.metric != "l2":
+            D = -D
+        D[I < 0] = np.inf if self.metric == "l2" else -np.inf
+        return D, I
+
+    def remove(self, ids) -> int:
+        """Delete vectors by external id; unknown ids raise before anything changes. Returns the count."""
+        rows = self._rows_of(ids)
+        if np.unique(rows).shape[0] != rows.shape[0]:
+            raise InvalidInputError("ids: repeated ids in one remove call")
+        keep = np.ones(self.ntotal, dtype=bool)
+        keep[rows] = False
+        self._keep_rows(keep)
+        self._order = None
+        return int(rows.shape[0])
+
+    def reconstruct(self, id: int) -> np.ndarray:
+        """Decoded vector (d,) for one external id."""
+        return self.reconstruct_batch([id])[0]
+
+    def reconstruct_batch(self, ids) -> np.ndarray:
+        self._require_trained()
+        return self._reconstruct_rows(self._rows_of(ids))
+
+    def save(self, path) -> None:
+        """Write the index to an HDF5 file (atomically; see :mod:`annvq.io`)."""
+        from ..io import save
+
+        save(self, path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(codec={self.codec!r}, metric={self.metric!r}, ntotal={self.ntotal})"
+
+    # --- what subclasses provide ---------------------------------------------------------------
+    @abstractmethod
+    def _train(self, x: np.ndarray) -> None: ...
+
+    def _encode_for_norms(self, x: np.ndarray) -> np.ndarray:
+        """Codes whose reconstructions' norms calibrate the norm codec (flat: the codes of x)."""
+        return self.codec.encode(x)
+
+    @abstractmethod
+    def _add(self, x: np.ndarray, ids: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def _search(self, xq: np.ndarray, k: int, **params: Any) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @abstractmethod
+    def _keep_rows(self, keep: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def _reconstruct_rows(self, rows: np.ndarray) -> np.ndarray: ...
+
+    # persistence protocol used by annvq.io: fixed attrs/arrays and per-vector columns
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        attrs: dict[str, Any] = {"metric": self.metric, "d": self.d, "spec": self.spec or ""}
+        arrays: dict[str, np.ndarray] = {}
+        if self.norms is not None:
+            attrs.update(norm_bits=self.norms.nbits, norm_min=self.norms.vmin, norm_max=self.norms.vmax)
+        return attrs, arrays
+
+    @abstractmethod
+    def _columns(self) -> dict[str, np.ndarray]:
+        """Per-vector arrays (first axis ntotal), in row order; always includes ``ids``."""
+
+    @abstractmethod
+    def _encode_columns(self, x: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-vector arrays for new vectors, as ``_columns`` would hold them (used to append on disk)."""
+
+    @classmethod
+    def _restore(cls, codec: Quantizer, attrs: dict[str, Any], arrays: dict[str, np.ndarray], columns: dict[str, np.ndarray]) -> "BaseIndex":
+        idx = cls._construct(codec, attrs, arrays)
+        if idx.norms is not None:
+            if "norm_bits" not in attrs:
+                raise FormatError("file lacks the norm parameters this codec needs")
+            idx.norms = NormCodec(int(attrs["norm_bits"]), float(attrs["norm_min"]), float(attrs["norm_max"]))
+        idx.spec = attrs.get("spec") or None
+        idx._load_columns(columns)
+        return idx
+
+    @classmethod
+    @abstractmethod
+    def _construct(cls, codec: Quantizer, attrs: dict[str, Any], arrays: dict[str, np.ndarray]) -> "BaseIndex": ...
+
+    @abstractmethod
+    def _load_columns(self, columns: dict[str, np.ndarray]) -> None: ...
+
+
+def index_class(index_type: str) -> type[BaseIndex]:
+    try:
+        return _INDEX_TYPES[index_type]
+    except KeyError:
+        raise FormatError(f"unknown index type {index_type!r}") from None

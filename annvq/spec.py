@@ -1,0 +1,173 @@
+"""Index specifications: one pydantic model and a compact faiss-style string for it.
+
+Grammar (comma-separated parts, case-sensitive like faiss)::
+
+    [IVF<nlist>[_HKM],] [OPQ<M>,] <codec> [,Refine]
+
+    codec := PQ<M>[x<nbits>] | SQ<nbits> | RQ<M>x<nbits>[_N<8|32>] | AQ<M>x<nbits>[_N<8|32>] | CQ<M>x<nbits>
+
+Examples: ``PQ8x8``, ``OPQ16,PQ16x8``, ``IVF1024,PQ16x8``, ``IVF256_HKM,RQ7x8_N8,Refine``, ``CQ8x8``.
+``_HKM`` selects the tree-structured (hierarchical k-means) coarse quantizer; ``Refine`` keeps the
+exact vectors on disk and re-ranks the top ``k_factor * k`` candidates with them.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import InvalidInputError, SpecError
+
+if TYPE_CHECKING:
+    from .index.base import BaseIndex
+    from .quantizers import Quantizer
+
+CodecKind = Literal["sq", "pq", "opq", "rq", "aq", "cq"]
+ADDITIVE = ("rq", "aq", "cq")
+
+_CODEC_RE = re.compile(r"^(PQ|RQ|AQ|CQ)(\d+)(?:x(\d+))?(?:_N(\d+))?$")
+_SQ_RE = re.compile(r"^SQ(\d+)$")
+_IVF_RE = re.compile(r"^IVF(\d+)(_HKM)?$")
+_OPQ_RE = re.compile(r"^OPQ(\d+)$")
+
+
+class IndexSpec(BaseModel):
+    """What index to build: the codec, its size, and the optional IVF layer and re-ranking."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    codec: CodecKind = Field(description="codec: sq, pq, opq, rq, aq or cq")
+    M: int = Field(8, ge=1, le=1024, description="number of sub-codes per vector (d for sq)")
+    nbits: int = Field(8, ge=1, le=16, description="bits per sub-code")
+    norm_bits: Literal[8, 32] = Field(8, description="bits of the stored ||x||^2 for rq/aq under L2")
+    nlist: int | None = Field(None, ge=1, le=1 << 20, description="inverted lists; None for a flat (exhaustive) index")
+    coarse: Literal["flat", "tree"] = Field("flat", description="coarse quantizer of an IVF index")
+    rerank: bool = Field(False, description="keep exact vectors on disk and re-rank candidates with them")
+    options: dict[str, Any] = Field(default_factory=dict, description="extra codec parameters, e.g. beam_size")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "IndexSpec":
+        if self.codec == "sq" and self.nbits > 8:
+            raise ValueError("nbits: sq supports at most 8 bits")
+        if self.nlist is None and self.coarse != "flat":
+            raise ValueError("coarse: a tree coarse quantizer needs nlist (an IVF index)")
+        if self.nlist is None and self.rerank:
+            raise ValueError("rerank: re-ranking is available on IVF indexes (give nlist)")
+        return self
+
+    @classmethod
+    def parse(cls, text: str) -> "IndexSpec":
+        """Parse a spec string; raises :class:`SpecError` naming the part that is wrong."""
+        if not isinstance(text, str) or not text.strip():
+            raise SpecError("index spec: empty string")
+        parts = [p.strip() for p in text.split(",")]
+        fields: dict[str, Any] = {}
+        opq_m = None
+        if parts and parts[-1] in ("Refine", "RFlat"):
+            fields["rerank"] = True
+            parts = parts[:-1]
+        if parts and (m := _IVF_RE.match(parts[0])):
+            fields["nlist"] = int(m.group(1))
+            fields["coarse"] = "tree" if m.group(2) else "flat"
+            parts = parts[1:]
+        if parts and (m := _OPQ_RE.match(parts[0])):
+            opq_m = int(m.group(1))
+            parts = parts[1:]
+        if len(parts) != 1:
+            raise SpecError(f"index spec {text!r}: expected exactly one codec part (PQ, SQ, RQ, AQ or CQ), got {parts}")
+        part = parts[0]
+        if m := _SQ_RE.match(part):
+            fields.update(codec="sq", nbits=int(m.group(1)), M=1)
+        elif m := _CODEC_RE.match(part):
+            kind = m.group(1).lower()
+            fields.update(codec=kind, M=int(m.group(2)), nbits=int(m.group(3) or 8))
+            if m.group(4):
+                if kind not in ("rq", "aq"):
+                    raise SpecError(f"index spec {text!r}: _N<bits> (stored norm) applies to RQ and AQ only")
+                fields["norm_bits"] = int(m.group(4))
+        else:
+            raise SpecError(f"index spec {text!r}: cannot parse codec part {part!r}")
+        if opq_m is not None:
+            if fields["codec"] != "pq":
+                raise SpecError(f"index spec {text!r}: OPQ{opq_m} must be followed by a PQ codec")
+            if opq_m != fields["M"]:
+                raise SpecError(f"index spec {text!r}: OPQ{opq_m} and PQ{fields['M']} must use the same M")
+            fields["codec"] = "opq"
+        return cls.validated(**fields)
+
+    @classmethod
+    def validated(cls, **fields: Any) -> "IndexSpec":
+        """Build from fields, turning pydantic errors into a SpecError naming the field."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            msgs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
+            raise SpecError(f"invalid index spec: {msgs}") from None
+
+    def to_string(self) -> str:
+        """The compact string form; ``IndexSpec.parse(s.to_string()) == s`` (options aside)."""
+        parts = []
+        if self.nlist is not None:
+            parts.append(f"IVF{self.nlist}" + ("_HKM" if self.coarse == "tree" else ""))
+        if self.codec == "sq":
+            parts.append(f"SQ{self.nbits}")
+        elif self.codec in ("pq", "opq"):
+            if self.codec == "opq":
+                parts.append(f"OPQ{self.M}")
+            parts.append(f"PQ{self.M}x{self.nbits}")
+        else:
+            norm = f"_N{self.norm_bits}" if self.codec in ("rq", "aq") else ""
+            parts.append(f"{self.codec.upper()}{self.M}x{self.nbits}{norm}")
+        if self.rerank:
+            parts.append("Refine")
+        return ",".join(parts)
+
+
+def as_spec(spec: "IndexSpec | str | dict[str, Any]") -> IndexSpec:
+    if isinstance(spec, IndexSpec):
+        return spec
+    if isinstance(spec, str):
+        return IndexSpec.parse(spec)
+    if isinstance(spec, dict):
+        return IndexSpec.validated(**spec)
+    raise SpecError(f"index spec must be a string, a dict or an IndexSpec, got {type(spec).__name__}")
+
+
+def make_codec(spec: IndexSpec, d: int) -> "Quantizer":
+    """The codec a spec describes, untrained, for dimension ``d``."""
+    from .quantizers.base import _REGISTRY
+
+    cls = _REGISTRY.get(spec.codec)
+    if cls is None:
+        raise SpecError(f"codec: {spec.codec!r} is not available in this build of annvq")
+    kwargs: dict[str, Any] = dict(spec.options)
+    if spec.codec != "sq":
+        kwargs["M"] = spec.M
+    try:
+        return cls(d=d, nbits=spec.nbits, **kwargs)
+    except TypeError as exc:
+        raise SpecError(f"options: {exc}") from None
+    except InvalidInputError as exc:
+        raise SpecError(f"index spec {spec.to_string()!r} for d={d}: {exc}") from None
+
+
+def index_factory(d: int, spec: "IndexSpec | str | dict[str, Any]", metric: str = "l2") -> "BaseIndex":
+    """Build an untrained index for ``d``-dimensional vectors from a spec (string, dict or model)."""
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise SpecError(f"d must be a positive integer, got {d!r}")
+    spec = as_spec(spec)
+    codec = make_codec(spec, d)
+    if spec.nlist is None:
+        from .index.flat import FlatIndex
+
+        index = FlatIndex(codec, metric=metric, norm_bits=spec.norm_bits)
+    else:
+        from .index.ivf import IVFIndex
+
+        index = IVFIndex(codec, nlist=spec.nlist, metric=metric, norm_bits=spec.norm_bits,
+                         coarse=spec.coarse, rerank=spec.rerank)
+    index.spec = spec.to_string()
+    return index
