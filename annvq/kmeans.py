@@ -19,7 +19,7 @@ class KMeans:
     c into (1-eps)c and (1+eps)c, refining with k-means after each split, until ``k`` centroids) or
     ``"random"`` (k distinct training points). Training uses at most ``max_points_per_centroid * k``
     points (a random subsample), as faiss does. Empty clusters are repaired by splitting the
-    largest cluster. ``init_centroids`` warm-starts from given centroids.
+    point farthest from its centroid. ``init_centroids`` warm-starts from given centroids.
     """
 
     def __init__(
@@ -59,12 +59,12 @@ class KMeans:
             c = as_vectors(init_centroids, x.shape[1], "init_centroids").copy()
             if c.shape[0] != self.k:
                 raise InvalidInputError(f"init_centroids: expected {self.k} rows, got {c.shape[0]}")
-            c, self.inertia_, self.n_iter_ = lloyd(x, c, self.niter, self.tol, rng)
+            c, self.inertia_, self.n_iter_ = lloyd(x, c, self.niter, self.tol)
         elif self.init == "lbg":
-            c, self.inertia_, self.n_iter_ = lbg(x, self.k, self.eps, self.niter, self.tol, rng)
+            c, self.inertia_, self.n_iter_ = lbg(x, self.k, self.eps, self.niter, self.tol)
         else:
             c = kmeans_pp(x, self.k, rng) if self.init == "k-means++" else x[rng.choice(x.shape[0], self.k, replace=False)].copy()
-            c, self.inertia_, self.n_iter_ = lloyd(x, c, self.niter, self.tol, rng)
+            c, self.inertia_, self.n_iter_ = lloyd(x, c, self.niter, self.tol)
         self.centroids = c
         return self
 
@@ -90,7 +90,7 @@ def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return c
 
 
-def lbg(x: np.ndarray, k: int, eps: float, niter: int, tol: float, rng: np.random.Generator) -> tuple[np.ndarray, float, int]:
+def lbg(x: np.ndarray, k: int, eps: float, niter: int, tol: float) -> tuple[np.ndarray, float, int]:
     """Linde-Buzo-Gray: grow from the data mean by splitting centroids, refining with Lloyd each round.
 
     When ``k`` is not a power of two, the last round splits only the clusters with the largest
@@ -108,14 +108,14 @@ def lbg(x: np.ndarray, k: int, eps: float, niter: int, tol: float, rng: np.rando
             chosen = np.arange(c.shape[0])
         keep = np.setdiff1d(np.arange(c.shape[0]), chosen)
         c = np.concatenate([c[keep], (1 - eps) * c[chosen], (1 + eps) * c[chosen]]).astype(np.float32)
-        c, inertia, it = lloyd(x, c, niter, tol, rng)
+        c, inertia, it = lloyd(x, c, niter, tol)
         it_total += it
     if k == 1:
         inertia = float(assign_l2(x, c)[1].sum())
     return c, inertia, it_total
 
 
-def lloyd(x: np.ndarray, c: np.ndarray, niter: int, tol: float, rng: np.random.Generator) -> tuple[np.ndarray, float, int]:
+def lloyd(x: np.ndarray, c: np.ndarray, niter: int, tol: float) -> tuple[np.ndarray, float, int]:
     """Lloyd iterations from centroids ``c`` until the relative inertia change drops below ``tol``."""
     k = c.shape[0]
     prev = np.inf
@@ -129,21 +129,15 @@ def lloyd(x: np.ndarray, c: np.ndarray, niter: int, tol: float, rng: np.random.G
         c = c.copy()
         c[nz] = (sums[nz] / counts[nz, None]).astype(np.float32)
         if not nz.all():
-            repair_empty(c, counts, rng)
+            repair_empty(c, counts, x, dist)
         if np.isfinite(prev) and prev - inertia <= tol * prev and nz.all():
             break
         prev = inertia
     return c, inertia, it
 
 
-def repair_empty(c: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> None:
-    """Re-seed each empty cluster by splitting a large cluster's centroid (in place), as faiss does."""
-    counts = counts.astype(np.float64).copy()
-    scale = np.float32(1.0 / 1024)
-    for e in np.flatnonzero(counts == 0):
-        big = int(np.argmax(counts))
-        noise = (rng.random(c.shape[1]).astype(np.float32) - 0.5) * 2 * scale
-        c[e] = c[big] * (1 + noise)
-        c[big] = c[big] * (1 - noise)
-        counts[e] = counts[big] / 2
-        counts[big] -= counts[e]
+def repair_empty(c: np.ndarray, counts: np.ndarray, x: np.ndarray, dist: np.ndarray) -> None:
+    """Re-seed each empty cluster (in place) at the training point worst served by its centroid."""
+    empty = np.flatnonzero(counts == 0)
+    far = np.argsort(-dist, kind="stable")[: empty.shape[0]]
+    c[empty[: far.shape[0]]] = x[far]

@@ -1,0 +1,127 @@
+"""SQ, PQ and OPQ: the seed's PQ example, ADC consistency, persistence, errors."""
+import numpy as np
+import pytest
+
+from annvq import OPQ, DimensionError, FormatError, InvalidInputError, NotTrainedError, ProductQuantizer, Quantizer, ScalarQuantizer
+
+SEED_PQ_X = np.array(
+    [[2, 3, 6, 6], [2.2, 3.5, 5.8, 6.1], [1.9, 2.8, 6.2, 5.9], [4.1, 5, 8.1, 7.9], [4.3, 5.1, 7.9, 8.2], [3.8, 4.6, 8.2, 8.1]],
+    dtype=np.float32,
+)
+
+
+@pytest.mark.parametrize("init", ["k-means++", "lbg"])
+def test_pq_seed_example(init):
+    pq = ProductQuantizer(4, M=2, nbits=1, init=init, random_state=0).fit(SEED_PQ_X)
+    sub1 = sorted(map(tuple, np.round(pq.codebooks[0], 2)))
+    sub2 = sorted(map(tuple, np.round(pq.codebooks[1], 2)))
+    assert sub1 == [(2.03, 3.1), (4.07, 4.9)]
+    assert sub2 == [(6.0, 6.0), (8.07, 8.07)]
+    code = pq.encode(np.array([2.1, 3.4, 5.7, 6.2]))
+    np.testing.assert_allclose(pq.decode(code)[0], [2.0333, 3.1, 6.0, 6.0], atol=1e-3)
+    assert code.dtype == np.uint8 and code.shape == (1, 2)
+
+
+def _data(n=3000, d=32, seed=0):
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(d, d)).astype(np.float32)
+    return (rng.normal(size=(n, d)).astype(np.float32) @ basis).astype(np.float32)
+
+
+CODECS = [
+    lambda d: ScalarQuantizer(d),
+    lambda d: ScalarQuantizer(d, nbits=4, rs="stddev"),
+    lambda d: ProductQuantizer(d, M=8, nbits=6),
+    lambda d: ProductQuantizer(d, M=4, nbits=10, niter=5),
+    lambda d: OPQ(d, M=8, nbits=6, niter=4),
+]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    x = _data()
+    return x, [make(x.shape[1]).fit(x) for make in CODECS]
+
+
+@pytest.mark.parametrize("i", range(len(CODECS)))
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_adc_equals_decoded_distance(trained, i, metric):
+    x, codecs = trained
+    q = codecs[i]
+    codes = q.encode(x[:200])
+    assert codes.dtype == q.code_dtype and codes.shape == (200, q.M)
+    xh = q.decode(codes)
+    xq = _data(5, seed=9)
+    T = q.lookup_tables(xq, metric)
+    adc = T[:, np.arange(q.M)[None, :], codes.astype(np.int64)].sum(-1)
+    if metric == "l2":
+        ref = ((xq[:, None, :] - xh[None]) ** 2).sum(-1)
+    else:
+        ref = -(xq @ xh.T)
+    np.testing.assert_allclose(adc, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+
+
+def test_quality_ordering(trained):
+    x, (sq8, sq4, pq6, pq10, opq6) = trained
+    assert sq8.mse(x) < sq4.mse(x)
+    assert pq10.mse(x) < pq6.mse(x)
+    assert opq6.mse(x) < pq6.mse(x)  # correlated data: the rotation must help
+
+
+def test_encode_decode_nearest_codeword(trained):
+    x, codecs = trained
+    pq = codecs[2]
+    codes = pq.encode(x[:50])
+    for m in range(pq.M):
+        sub = x[:50, m * pq.dsub : (m + 1) * pq.dsub]
+        d = ((sub[:, None] - pq.codebooks[m][None]) ** 2).sum(-1)
+        assert np.array_equal(codes[:, m], d.argmin(1))
+
+
+def test_code_size(trained):
+    _, (sq8, sq4, pq6, pq10, opq6) = trained
+    assert sq8.code_size == 32 and sq4.code_size == 16
+    assert pq6.code_size == 6 and pq10.code_size == 5 and opq6.code_size == 6
+    assert pq10.code_dtype == np.uint16
+
+
+@pytest.mark.parametrize("i", range(len(CODECS)))
+def test_state_round_trip(trained, i):
+    x, codecs = trained
+    q = codecs[i]
+    params, arrays = q.get_state()
+    q2 = Quantizer.from_state(params, arrays)
+    assert type(q2) is type(q)
+    np.testing.assert_array_equal(q2.encode(x[:100]), q.encode(x[:100]))
+
+
+def test_from_state_rejects_bad_arrays(trained):
+    _, codecs = trained
+    params, arrays = codecs[2].get_state()
+    with pytest.raises(FormatError, match="codebooks"):
+        Quantizer.from_state(params, {"codebooks": arrays["codebooks"][:, :3]})
+    with pytest.raises(FormatError, match="unknown codec"):
+        Quantizer.from_state({"kind": "zz"}, {})
+
+
+def test_errors():
+    pq = ProductQuantizer(8, M=2, nbits=2)
+    with pytest.raises(NotTrainedError):
+        pq.encode(np.zeros((1, 8)))
+    with pytest.raises(InvalidInputError, match="multiple of M"):
+        ProductQuantizer(10, M=4)
+    with pytest.raises(InvalidInputError, match="nbits"):
+        ProductQuantizer(8, M=2, nbits=17)
+    with pytest.raises(InvalidInputError, match="at least 4 training"):
+        pq.fit(np.zeros((3, 8)))
+    pq.fit(np.random.default_rng(0).normal(size=(100, 8)))
+    with pytest.raises(DimensionError, match="expected dimension 8, got 7"):
+        pq.encode(np.zeros((2, 7)))
+    with pytest.raises(InvalidInputError, match="NaN"):
+        pq.encode(np.array([[np.nan] * 8]))
+    with pytest.raises(InvalidInputError, match="dtype"):
+        pq.encode(np.array([["a"] * 8]))
+    with pytest.raises(InvalidInputError, match="empty"):
+        pq.encode(np.zeros((0, 8)))
+    with pytest.raises(InvalidInputError, match="values must lie"):
+        pq.decode(np.array([[0, 4]]))
