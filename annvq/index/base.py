@@ -81,27 +81,37 @@ class BaseIndex(ABC):
         if not self.is_trained:
             raise NotTrainedError(f"{type(self).__name__} is not trained: call train() first")
 
+    def _sorted_ids(self) -> np.ndarray:
+        """Stored ids in ascending order (the argsort is cached until the next add or remove)."""
+        if self._order is None:
+            self._order = np.argsort(self.ids, kind="stable")
+        return self.ids[self._order]
+
+    def _present(self, ids: np.ndarray) -> np.ndarray:
+        """Boolean mask: which of ``ids`` are stored (binary search, no per-call hashing of all ids)."""
+        sorted_ids = self._sorted_ids()
+        if sorted_ids.shape[0] == 0:
+            return np.zeros(ids.shape[0], dtype=bool)
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), sorted_ids.shape[0] - 1)
+        return sorted_ids[pos] == ids
+
     def _rows_of(self, ids) -> np.ndarray:
         """Row positions of external ``ids``; raises UnknownIdError naming the missing ones."""
         ids = np.atleast_1d(np.asarray(ids))
         if ids.dtype.kind not in "iu":
             raise InvalidInputError(f"ids: expected integers, got dtype {ids.dtype}")
         ids = ids.astype(np.int64).reshape(-1)
-        if self._order is None:
-            self._order = np.argsort(self.ids, kind="stable")
-        sorted_ids = self.ids[self._order]
-        pos = np.searchsorted(sorted_ids, ids)
-        pos = np.minimum(pos, max(len(sorted_ids) - 1, 0))
-        if len(sorted_ids) == 0 or not np.array_equal(sorted_ids[pos], ids):
-            missing_ids(ids, self.ids)
-        return self._order[pos]
+        found = self._present(ids)
+        if not found.all():
+            missing_ids(ids, ids[found])
+        return self._order[np.searchsorted(self._sorted_ids(), ids)]
 
     def _new_ids(self, ids, n: int) -> np.ndarray:
         if ids is None:
             start = int(self.ids.max()) + 1 if self.ntotal else 0
             return np.arange(start, start + n, dtype=np.int64)
         ids = as_ids(ids, n)
-        clash = ids[np.isin(ids, self.ids)]
+        clash = ids[self._present(ids)]
         if clash.size:
             raise DuplicateIdError(f"ids already in the index: {', '.join(map(str, clash[:10]))}")
         return ids
