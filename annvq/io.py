@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,35 +44,46 @@ def _write_column(group: h5py.Group, name: str, arr: np.ndarray) -> None:
     group.create_dataset(name, data=arr, maxshape=(None,) + arr.shape[1:], chunks=chunk, fletcher32=True)
 
 
-def save(index: BaseIndex, path: str | os.PathLike) -> None:
-    """Write ``index`` to ``path`` atomically (temporary file, fsync, rename)."""
+@contextmanager
+def atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
+    """An HDF5 file open for writing that replaces ``path`` only once the block completes.
+
+    Writes go to a temporary file beside ``path``, which is fsynced and renamed over it; on any
+    error the temporary file is removed and ``path`` keeps its previous content.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    attrs, arrays = index._state()
-    params, codec_arrays = index.codec.get_state()
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["index_type"] = index.index_type
-            f.attrs["ntotal"] = index.ntotal
-            f.attrs["index"] = json.dumps(attrs, default=_json_default)
-            g = f.create_group("codec")
-            g.attrs["params"] = json.dumps(params, default=_json_default)
-            for name, a in codec_arrays.items():
-                g.create_dataset(name, data=a, fletcher32=bool(np.asarray(a).size), chunks=True if np.asarray(a).size else None)
-            g = f.create_group("arrays")
-            for name, a in arrays.items():
-                g.create_dataset(name, data=a)
-            g = f.create_group("columns")
-            for name, a in index._columns().items():
-                _write_column(g, name, a)
+            yield f
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def save(index: BaseIndex, path: str | os.PathLike) -> None:
+    """Write ``index`` to ``path`` atomically (temporary file, fsync, rename)."""
+    attrs, arrays = index._state()
+    params, codec_arrays = index.codec.get_state()
+    with atomic_h5(path) as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["index_type"] = index.index_type
+        f.attrs["ntotal"] = index.ntotal
+        f.attrs["index"] = json.dumps(attrs, default=_json_default)
+        g = f.create_group("codec")
+        g.attrs["params"] = json.dumps(params, default=_json_default)
+        for name, a in codec_arrays.items():
+            g.create_dataset(name, data=a, fletcher32=bool(np.asarray(a).size), chunks=True if np.asarray(a).size else None)
+        g = f.create_group("arrays")
+        for name, a in arrays.items():
+            g.create_dataset(name, data=a)
+        g = f.create_group("columns")
+        for name, a in index._columns().items():
+            _write_column(g, name, a)
 
 
 def _open(path: str | os.PathLike, mode: str = "r") -> h5py.File:

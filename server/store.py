@@ -45,6 +45,7 @@ import annvq
 from annvq._validate import as_ids, missing_ids
 from annvq.errors import AnnvqError, DuplicateIdError, FormatError, InvalidInputError, NotTrainedError
 from annvq.index.base import BaseIndex
+from annvq.io import atomic_h5
 from annvq.spec import ADDITIVE, IndexSpec, as_spec
 
 from .config import ServerConfig
@@ -279,18 +280,10 @@ def _array_bytes(obj: Any, depth: int = 2) -> int:
 
 def _save_raw(path: Path, ids: np.ndarray, x: np.ndarray) -> None:
     """Write raw (ids, vectors) atomically: temporary file, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = "annvq-raw"
-            f.create_dataset("ids", data=ids)
-            f.create_dataset("vectors", data=x)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_h5(path) as f:
+        f.attrs["format"] = "annvq-raw"
+        f.create_dataset("ids", data=ids)
+        f.create_dataset("vectors", data=x)
 
 
 def _load_raw(path: Path, d: int) -> tuple[np.ndarray, np.ndarray]:
