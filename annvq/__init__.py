@@ -9,10 +9,18 @@ from .errors import (
     SpecError,
     UnknownIdError,
 )
-from .index import BaseIndex, FlatIndex
+from .index import BaseIndex, FlatIndex, IVFIndex
 from .io import append, load, save
 from .kmeans import KMeans
-from .quantizers import OPQ, ProductQuantizer, Quantizer, ScalarQuantizer
+from .quantizers import (
+    OPQ,
+    AdditiveQuantizer,
+    CompositeQuantizer,
+    ProductQuantizer,
+    Quantizer,
+    ResidualQuantizer,
+    ScalarQuantizer,
+)
 from .spec import IndexSpec, index_factory
 
 __version__ = "0.1.0"
@@ -20,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AnnvqError", "DimensionError", "DuplicateIdError", "FormatError", "InvalidInputError",
     "NotTrainedError", "SpecError", "UnknownIdError",
-    "BaseIndex", "FlatIndex", "KMeans", "Quantizer", "ProductQuantizer", "OPQ", "ScalarQuantizer",
+    "BaseIndex", "FlatIndex", "IVFIndex", "KMeans", "Quantizer", "ProductQuantizer", "OPQ", "ScalarQuantizer",
+    "ResidualQuantizer", "AdditiveQuantizer", "CompositeQuantizer",
     "load", "save", "append", "IndexSpec", "index_factory",
 ]

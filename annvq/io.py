@@ -30,6 +30,7 @@ from .quantizers import Quantizer
 FORMAT = "annvq-index"
 FORMAT_VERSION = 1
 _CHUNK_ROWS = 65536
+_LAZY_CHUNK_ROWS = 64  # columns read row-wise at search time: small checksummed chunks
 
 
 def _json_default(o: Any) -> Any:
@@ -38,9 +39,9 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
-def _write_column(group: h5py.Group, name: str, arr: np.ndarray) -> None:
+def _write_column(group: h5py.Group, name: str, arr: np.ndarray, chunk_rows: int = _CHUNK_ROWS) -> None:
     arr = np.asarray(arr)
-    chunk = (max(1, min(_CHUNK_ROWS, arr.shape[0] or 1)),) + arr.shape[1:]
+    chunk = (max(1, min(chunk_rows, arr.shape[0] or 1)),) + arr.shape[1:]
     group.create_dataset(name, data=arr, maxshape=(None,) + arr.shape[1:], chunks=chunk, fletcher32=True)
 
 
@@ -83,7 +84,7 @@ def save(index: BaseIndex, path: str | os.PathLike) -> None:
             g.create_dataset(name, data=a)
         g = f.create_group("columns")
         for name, a in index._columns().items():
-            _write_column(g, name, a)
+            _write_column(g, name, a, _LAZY_CHUNK_ROWS if name in index.lazy_columns else _CHUNK_ROWS)
 
 
 def _open(path: str | os.PathLike, mode: str = "r") -> h5py.File:

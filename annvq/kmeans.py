@@ -78,15 +78,18 @@ def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k-means++ seeding: each next centre drawn with probability proportional to D(x)^2."""
     n = x.shape[0]
     c = np.empty((k, x.shape[1]), dtype=np.float32)
+    x_norms = sq_norms(x).astype(np.float64)
     c[0] = x[rng.integers(n)]
-    d2 = assign_l2(x, c[:1])[1].astype(np.float64)
-    for j in range(1, k):
-        total = d2.sum()
-        if total <= 0:  # fewer distinct points than k: take any (repair handles duplicates)
-            c[j] = x[rng.integers(n)]
-        else:
-            c[j] = x[min(np.searchsorted(np.cumsum(d2), rng.random() * total), n - 1)]
-        d2 = np.minimum(d2, assign_l2(x, c[j : j + 1])[1])
+    d2 = np.full(n, np.inf)
+    for j in range(k):
+        if j:
+            total = d2.sum()
+            # fewer distinct points than k leaves total == 0: take any point (Lloyd repairs duplicates)
+            pick = rng.integers(n) if total <= 0 else np.searchsorted(np.cumsum(d2), rng.random() * total)
+            c[j] = x[min(int(pick), n - 1)]
+        cj = c[j].astype(np.float64)
+        # one BLAS matrix-vector product per centre: ||x||^2 - 2 x.c + ||c||^2
+        np.minimum(d2, np.maximum(x_norms - 2.0 * (x @ c[j]) + cj @ cj, 0.0), out=d2)
     return c
 
 

@@ -18,10 +18,10 @@ def serve(config: ServerConfig) -> None:
                 access_log=config.access_log, timeout_graceful_shutdown=30)
 
 
-def run(host: str, port: int, data_dir: str, api_key: str | None, **limits: Any) -> None:
+def run(host: str | None, port: int | None, data_dir: str | None, api_key: str | None, **limits: Any) -> None:
     """Serve indexes in ``data_dir`` on ``host:port``.
 
-    ``api_key`` None means: use ``ANNVQ_API_KEY`` if set, else no key. ``limits`` are further
+    Any argument left None comes from its ``ANNVQ_*`` variable, else the default (no API key). ``limits`` are further
     :class:`~server.config.ServerConfig` fields (max_batch, max_body_bytes, checkpoint_ops, ...); those not
     given come from ``ANNVQ_*`` environment variables or the defaults.
     """

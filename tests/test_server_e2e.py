@@ -217,3 +217,29 @@ def test_concurrent_adds_and_searches_match_a_serial_run(data_dir):
     D, I = ref.search(xq, 10)
     assert np.array_equal(np.array(got["ids"]), I)
     assert np.array_equal(np.array(got["distances"], dtype=np.float32), D)
+
+
+def test_annvq_serve_takes_settings_from_environment(tmp_path):
+    """``annvq serve`` with no flags honours ANNVQ_HOST/PORT/DATA_DIR, as ``python -m server`` does."""
+    port = _free_port()
+    data = tmp_path / "env-data"
+    env = {**os.environ, "ANNVQ_HOST": "127.0.0.1", "ANNVQ_PORT": str(port), "ANNVQ_DATA_DIR": str(data)}
+    env.pop("ANNVQ_API_KEY", None)
+    exe = Path(sys.executable).with_name("annvq")
+    proc = subprocess.Popen([str(exe), "serve"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None and time.monotonic() < deadline, "annvq serve did not come up"
+                try:
+                    if client.get("/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            r = client.put("/indexes/envcheck", json={"dim": 8, "spec": "PQ2x4", "metric": "l2"})
+            assert r.status_code in (200, 201), r.text
+        assert (data / "envcheck").is_dir()
+    finally:
+        proc.terminate()
+        proc.wait(60)

@@ -3,7 +3,11 @@
 Nothing here knows about codecs or indexes; codecs and indexes call these.
 """
 from .adc import l2_tables, ip_tables, scan_topk, scan_topk_batch, heap_init, heap_scan, heap_sorted
+from .additive import code_gram, cross_terms, decode_sum, scatter_rows
 from .assign import assign_l2, centroid_sums, sq_norms
+from .ivf import exact_distances, ivf_scan, tree_search
+from .beam import beam_search
+from .cq import icm_encode
 
 __all__ = [
     "assign_l2",
@@ -16,4 +20,13 @@ __all__ = [
     "heap_init",
     "heap_scan",
     "heap_sorted",
+    "ivf_scan",
+    "tree_search",
+    "exact_distances",
+    "decode_sum",
+    "scatter_rows",
+    "code_gram",
+    "cross_terms",
+    "beam_search",
+    "icm_encode",
 ]

@@ -10,27 +10,38 @@ import numpy as np
 from numba import njit, prange
 
 
-def l2_tables(xq_sub: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
+def l2_tables(xq_sub: np.ndarray, codebooks: np.ndarray, cb_norms: np.ndarray | None = None) -> np.ndarray:
     """Squared L2 tables ``T[q, m, j] = ||xq_sub[q, m] - codebooks[m, j]||^2``.
 
-    ``xq_sub`` is (nq, M, dsub) and ``codebooks`` (M, K, dsub); computed with batched BLAS products.
+    ``xq_sub`` is (nq, M, dsub) and ``codebooks`` (M, K, dsub); one batched BLAS product writes
+    straight into the (nq, M, K) result, then the norms are added in place. Pass the codewords'
+    squared norms ``cb_norms`` (M, K) when searching repeatedly: it halves single-query cost.
     """
-    q = np.ascontiguousarray(xq_sub.transpose(1, 0, 2), dtype=np.float32)  # (M, nq, dsub)
-    cb = np.asarray(codebooks, dtype=np.float32)
-    dots = np.matmul(q, cb.transpose(0, 2, 1))  # (M, nq, K)
-    qn = np.einsum("mqd,mqd->mq", q, q)[:, :, None]
-    cn = np.einsum("mkd,mkd->mk", cb, cb)[:, None, :]
-    t = qn + cn - 2.0 * dots
+    t = _neg_dots(xq_sub, codebooks)
+    t *= 2.0
+    xq = np.asarray(xq_sub, dtype=np.float32)
+    if cb_norms is None:
+        cb = np.asarray(codebooks, dtype=np.float32)
+        cb_norms = np.einsum("mkd,mkd->mk", cb, cb)
+    t += np.einsum("qmd,qmd->qm", xq, xq)[:, :, None]
+    t += cb_norms[None, :, :]
     np.maximum(t, 0.0, out=t)
-    return np.ascontiguousarray(t.transpose(1, 0, 2), dtype=np.float32)
+    return t
 
 
 def ip_tables(xq_sub: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
     """Negated inner-product tables ``T[q, m, j] = -<xq_sub[q, m], codebooks[m, j]>`` (smaller is better)."""
-    q = np.ascontiguousarray(xq_sub.transpose(1, 0, 2), dtype=np.float32)
+    return _neg_dots(xq_sub, codebooks)
+
+
+def _neg_dots(xq_sub: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
+    """``-<xq_sub[q, m], codebooks[m, j]>`` as a C-contiguous (nq, M, K) float32 array."""
+    q = np.asarray(xq_sub, dtype=np.float32).transpose(1, 0, 2)  # (M, nq, dsub) view
     cb = np.asarray(codebooks, dtype=np.float32)
-    t = -np.matmul(q, cb.transpose(0, 2, 1))
-    return np.ascontiguousarray(t.transpose(1, 0, 2), dtype=np.float32)
+    out = np.empty((q.shape[1], cb.shape[0], cb.shape[1]), dtype=np.float32)
+    np.matmul(q, cb.transpose(0, 2, 1), out=out.transpose(1, 0, 2))
+    np.negative(out, out=out)
+    return out
 
 
 @njit(cache=True, inline="always")
@@ -82,16 +93,18 @@ def heap_scan(table, codes, bias, labels, hd, hi):
 
 @njit(cache=True)
 def heap_sorted(hd, hi):
-    """Sort heaps ascending by distance, in place of a copy; empty slots (-1) stay last."""
+    """Sort max-heaps ascending by distance in place (heap sort, no allocation per query); returns them.
+
+    Empty slots (+inf, -1) end up last.
+    """
     nq, k = hd.shape
-    D = np.empty((nq, k), dtype=np.float32)
-    I = np.empty((nq, k), dtype=np.int64)
     for q in range(nq):
-        order = np.argsort(hd[q], kind="mergesort")
-        for j in range(k):
-            D[q, j] = hd[q, order[j]]
-            I[q, j] = hi[q, order[j]]
-    return D, I
+        d, lab = hd[q], hi[q]
+        for end in range(k - 1, 0, -1):
+            v, label = d[end], lab[end]
+            d[end], lab[end] = d[0], lab[0]
+            _sift_down(d[:end], lab[:end], v, label)
+    return hd, hi
 
 
 @njit(cache=True)

@@ -1,7 +1,12 @@
 """Codecs, one module each, all implementing :class:`Quantizer`."""
+from .additive import AdditiveCodec
+from .aq import AdditiveQuantizer
 from .base import Quantizer, code_dtype
+from .cq import CompositeQuantizer
 from .opq import OPQ
 from .pq import ProductQuantizer
+from .rq import ResidualQuantizer
 from .sq import ScalarQuantizer
 
-__all__ = ["Quantizer", "code_dtype", "ProductQuantizer", "OPQ", "ScalarQuantizer"]
+__all__ = ["Quantizer", "code_dtype", "ProductQuantizer", "OPQ", "ScalarQuantizer",
+           "AdditiveCodec", "ResidualQuantizer", "AdditiveQuantizer", "CompositeQuantizer"]

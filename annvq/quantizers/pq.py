@@ -37,7 +37,7 @@ class ProductQuantizer(Quantizer):
         self.niter, self.init = int(niter), init
         self.max_points_per_centroid = max_points_per_centroid
         self.random_state = random_state
-        self.codebooks = np.zeros((self.M, self.ksub, self.dsub), dtype=np.float32)
+        self._set_arrays({"codebooks": np.zeros((self.M, self.ksub, self.dsub), dtype=np.float32)})
         self._trained = False
 
     def get_params(self) -> dict[str, Any]:
@@ -51,6 +51,7 @@ class ProductQuantizer(Quantizer):
 
     def _set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.codebooks = self._expect_shape(arrays, "codebooks", (self.M, self.ksub, self.dsub)).astype(np.float32)
+        self._cb_norms = np.einsum("mkd,mkd->mk", self.codebooks, self.codebooks)
 
     def _sub(self, x: np.ndarray) -> np.ndarray:
         return x.reshape(x.shape[0], self.M, self.dsub)
@@ -68,6 +69,7 @@ class ProductQuantizer(Quantizer):
             xs = np.ascontiguousarray(x[:, m * self.dsub : (m + 1) * self.dsub])
             km.fit(xs, None if init_codebooks is None else init_codebooks[m])
             self.codebooks[m] = km.centroids
+        self._set_arrays({"codebooks": self.codebooks})
         self._trained = True
         return self
 
@@ -88,5 +90,6 @@ class ProductQuantizer(Quantizer):
     def lookup_tables(self, xq: np.ndarray, metric: str = "l2") -> np.ndarray:
         self._require_trained()
         xq = self._check_x(xq, "xq")
-        fn = l2_tables if metric == "l2" else ip_tables
-        return fn(self._sub(xq), self.codebooks)
+        if metric == "l2":
+            return l2_tables(self._sub(xq), self.codebooks, self._cb_norms)
+        return ip_tables(self._sub(xq), self.codebooks)
