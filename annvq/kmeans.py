@@ -18,7 +18,7 @@ class KMeans:
     ``init``: ``"k-means++"`` (D^2 seeding), ``"lbg"`` (start from the mean and split every centroid
     c into (1-eps)c and (1+eps)c, refining with k-means after each split, until ``k`` centroids) or
     ``"random"`` (k distinct training points). Training uses at most ``max_points_per_centroid * k``
-    points (a random subsample), as faiss does. Empty clusters are repaired by splitting the
+    points (a random subsample), as faiss does. An empty cluster is re-seeded at the training
     point farthest from its centroid. ``init_centroids`` warm-starts from given centroids.
     """
 
@@ -61,7 +61,7 @@ class KMeans:
                 raise InvalidInputError(f"init_centroids: expected {self.k} rows, got {c.shape[0]}")
             c, self.inertia_, self.n_iter_ = lloyd(x, c, self.niter, self.tol)
         elif self.init == "lbg":
-            c, self.inertia_, self.n_iter_ = lbg(x, self.k, self.eps, self.niter, self.tol)
+            c, self.inertia_, self.n_iter_ = lbg(x, self.k, self.eps, self.niter, self.tol, self.random_state)
         else:
             c = kmeans_pp(x, self.k, rng) if self.init == "k-means++" else x[rng.choice(x.shape[0], self.k, replace=False)].copy()
             c, self.inertia_, self.n_iter_ = lloyd(x, c, self.niter, self.tol)
@@ -93,13 +93,15 @@ def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return c
 
 
-def lbg(x: np.ndarray, k: int, eps: float, niter: int, tol: float) -> tuple[np.ndarray, float, int]:
+def lbg(x: np.ndarray, k: int, eps: float, niter: int, tol: float, seed: int | None = None) -> tuple[np.ndarray, float, int]:
     """Linde-Buzo-Gray: grow from the data mean by splitting centroids, refining with Lloyd each round.
 
     When ``k`` is not a power of two, the last round splits only the clusters with the largest
     distortion, so exactly ``k`` centroids come out.
     """
     c = x.mean(axis=0, dtype=np.float64).astype(np.float32)[None, :]
+    rms = float(np.sqrt(np.mean(np.sum((x - c) ** 2, axis=1))))
+    rng = np.random.default_rng(seed)
     inertia, it_total = float("inf"), 0
     while c.shape[0] < k:
         nsplit = min(c.shape[0], k - c.shape[0])
@@ -110,7 +112,14 @@ def lbg(x: np.ndarray, k: int, eps: float, niter: int, tol: float) -> tuple[np.n
         else:
             chosen = np.arange(c.shape[0])
         keep = np.setdiff1d(np.arange(c.shape[0]), chosen)
-        c = np.concatenate([c[keep], (1 - eps) * c[chosen], (1 + eps) * c[chosen]]).astype(np.float32)
+        delta = eps * c[chosen]
+        # a centroid at the origin (e.g. zero-mean residuals) cannot split along itself: use a random
+        # direction of the same relative size, scaled by the data's spread
+        flat = np.linalg.norm(delta, axis=1) <= 1e-6 * rms
+        if flat.any():
+            u = rng.standard_normal((int(flat.sum()), x.shape[1])).astype(np.float32)
+            delta[flat] = eps * rms * u / np.linalg.norm(u, axis=1, keepdims=True)
+        c = np.concatenate([c[keep], c[chosen] - delta, c[chosen] + delta]).astype(np.float32)
         c, inertia, it = lloyd(x, c, niter, tol)
         it_total += it
     if k == 1:

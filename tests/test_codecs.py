@@ -125,3 +125,11 @@ def test_errors():
         pq.encode(np.zeros((0, 8)))
     with pytest.raises(InvalidInputError, match="values must lie"):
         pq.decode(np.array([[0, 4]]))
+
+
+def test_sdc_equals_distance_between_reconstructions(trained):
+    x, codecs = trained
+    pq = codecs[2]
+    a, b = pq.encode(x[:7]), pq.encode(x[7:12])
+    xa, xb = pq.decode(a), pq.decode(b)
+    np.testing.assert_allclose(pq.sdc(a, b), ((xa[:, None] - xb[None]) ** 2).sum(-1), rtol=1e-4, atol=1e-2)

@@ -76,3 +76,12 @@ def test_kmeans_errors():
         KMeans(2, init="bogus")
     with pytest.raises(NotTrainedError):
         KMeans(2).predict(np.zeros((1, 2)))
+
+
+def test_lbg_splits_a_centroid_at_the_origin():
+    """Zero-mean data (residuals) still split into k distinct centroids."""
+    x = np.random.default_rng(4).normal(size=(2000, 4)).astype(np.float32)
+    x -= x.mean(0)
+    km = KMeans(8, init="lbg", random_state=0).fit(x)
+    assert len({tuple(np.round(c, 4)) for c in km.centroids}) == 8
+    assert km.inertia_ < 0.75 * float((x**2).sum())

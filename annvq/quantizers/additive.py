@@ -214,11 +214,3 @@ class AdditiveCodec(Quantizer):
         t = -2.0 * dots
         t[:, 0, :] += sq_norms(xq)[:, None]
         return t
-
-    def sdc(self, codes_a: np.ndarray, codes_b: np.ndarray) -> np.ndarray:
-        """Symmetric distances: squared L2 (na, nb) between the reconstructions of two code sets."""
-        self._require_trained()
-        a = self.decode(codes_a).astype(np.float64)
-        b = self.decode(codes_b).astype(np.float64)
-        d2 = np.einsum("ij,ij->i", a, a)[:, None] + np.einsum("ij,ij->i", b, b)[None, :] - 2.0 * (a @ b.T)
-        return np.maximum(d2, 0.0).astype(np.float32)

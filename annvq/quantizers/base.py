@@ -138,6 +138,14 @@ class Quantizer(ABC):
             raise ValueError(f"array {name!r} has shape {a.shape}, expected {shape}")
         return a
 
+    def sdc(self, codes_a: np.ndarray, codes_b: np.ndarray) -> np.ndarray:
+        """Symmetric code-to-code distances: squared L2 (na, nb) between two code sets' reconstructions."""
+        self._require_trained()
+        a = self.decode(codes_a).astype(np.float64)
+        b = self.decode(codes_b).astype(np.float64)
+        d2 = np.einsum("ij,ij->i", a, a)[:, None] + np.einsum("ij,ij->i", b, b)[None, :] - 2.0 * (a @ b.T)
+        return np.maximum(d2, 0.0).astype(np.float32)
+
     def mse(self, x: np.ndarray) -> float:
         """Mean squared reconstruction error per vector (sum over dimensions, mean over vectors)."""
         x = self._check_x(x)
