@@ -6,7 +6,8 @@ Grammar (comma-separated parts, case-sensitive like faiss)::
 
     codec := PQ<M>[x<nbits>] | SQ<nbits> | RQ<M>x<nbits>[_N<8|32>] | AQ<M>x<nbits>[_N<8|32>] | CQ<M>x<nbits>
 
-Examples: ``PQ8x8``, ``OPQ16,PQ16x8``, ``IVF1024,PQ16x8``, ``IVF256_HKM,RQ7x8_N8,Refine``, ``CQ8x8``.
+Examples: ``PQ8x8``, ``OPQ16,PQ16x8``, ``IVF1024,PQ16x8``, ``IVF256_HKM,RQ7x8,Refine``, ``CQ8x8``.
+``_N<bits>`` (the stored norm of a flat RQ/AQ index) is not taken by IVF indexes, which keep exact norms.
 ``_HKM`` selects the tree-structured (hierarchical k-means) coarse quantizer; ``Refine`` keeps the
 exact vectors on disk and re-ranks the top ``k_factor * k`` candidates with them.
 """
@@ -42,7 +43,8 @@ class IndexSpec(BaseModel):
     codec: CodecKind = Field(description="codec: sq, pq, opq, rq, aq or cq")
     M: int = Field(8, ge=1, le=1024, description="number of sub-codes per vector (d for sq)")
     nbits: int = Field(8, ge=1, le=16, description="bits per sub-code")
-    norm_bits: Literal[8, 32] = Field(8, description="bits of the stored ||x||^2 for rq/aq under L2")
+    norm_bits: Literal[8, 32] = Field(8, description="bits of the stored ||x||^2 for flat rq/aq indexes under L2 "
+                                      "(IVF indexes keep it exactly, in memory)")
     nlist: int | None = Field(None, ge=1, le=1 << 20, description="inverted lists; None for a flat (exhaustive) index")
     coarse: Literal["flat", "tree"] = Field("flat", description="coarse quantizer of an IVF index")
     rerank: bool = Field(False, description="keep exact vectors on disk and re-rank candidates with them")
@@ -56,6 +58,8 @@ class IndexSpec(BaseModel):
             raise ValueError("coarse: a tree coarse quantizer needs nlist (an IVF index)")
         if self.nlist is None and self.rerank:
             raise ValueError("rerank: re-ranking is available on IVF indexes (give nlist)")
+        if self.nlist is not None and self.norm_bits != 8:
+            raise ValueError("norm_bits: applies to flat indexes; an IVF index computes exact norms in memory")
         return self
 
     @classmethod
@@ -85,8 +89,8 @@ class IndexSpec(BaseModel):
             kind = m.group(1).lower()
             fields.update(codec=kind, M=int(m.group(2)), nbits=int(m.group(3) or 8))
             if m.group(4):
-                if kind not in ("rq", "aq"):
-                    raise SpecError(f"index spec {text!r}: _N<bits> (stored norm) applies to RQ and AQ only")
+                if kind not in ("rq", "aq") or "nlist" in fields:
+                    raise SpecError(f"index spec {text!r}: _N<bits> (stored norm) applies to flat RQ and AQ indexes only")
                 fields["norm_bits"] = int(m.group(4))
         else:
             raise SpecError(f"index spec {text!r}: cannot parse codec part {part!r}")
@@ -119,7 +123,7 @@ class IndexSpec(BaseModel):
                 parts.append(f"OPQ{self.M}")
             parts.append(f"PQ{self.M}x{self.nbits}")
         else:
-            norm = f"_N{self.norm_bits}" if self.codec in ("rq", "aq") else ""
+            norm = f"_N{self.norm_bits}" if self.codec in ("rq", "aq") and self.nlist is None else ""
             parts.append(f"{self.codec.upper()}{self.M}x{self.nbits}{norm}")
         if self.rerank:
             parts.append("Refine")
@@ -167,7 +171,6 @@ def index_factory(d: int, spec: "IndexSpec | str | dict[str, Any]", metric: str 
     else:
         from .index.ivf import IVFIndex
 
-        index = IVFIndex(codec, nlist=spec.nlist, metric=metric, norm_bits=spec.norm_bits,
-                         coarse=spec.coarse, rerank=spec.rerank)
+        index = IVFIndex(codec, nlist=spec.nlist, metric=metric, coarse=spec.coarse, rerank=spec.rerank)
     index.spec = spec.to_string()
     return index

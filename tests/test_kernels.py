@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from annvq.kernels import (
-    assign_l2, centroid_sums, heap_init, heap_scan, heap_sorted, ip_tables, l2_tables, scan_topk, scan_topk_batch,
+    assign_l2, centroid_sums, ip_tables, l2_tables, scan_codes, scan_topk_batch, select_k, topk_finish, topk_init,
 )
 
 
@@ -42,39 +42,52 @@ def test_tables(rng):
 
 @pytest.mark.parametrize("dtype,K", [(np.uint8, 256), (np.uint16, 1024)])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_scan_topk_equals_full_sort(rng, dtype, K, with_bias):
-    n, M, k = 5000, 6, 25
+@pytest.mark.parametrize("k", [1, 25, 300])
+def test_scan_topk_equals_full_sort(rng, dtype, K, with_bias, k):
+    n, M = 5003, 6  # not a multiple of the 4 codes summed at a time, and k both below and above the buffer
     codes = rng.integers(0, K, size=(n, M)).astype(dtype)
     tables = rng.random((7, M, K), dtype=np.float32)
     bias = rng.random(n, dtype=np.float32) if with_bias else np.empty(0, np.float32)
-    labels = rng.permutation(n).astype(np.int64) + 1000
-    D, I = scan_topk_batch(tables, codes, bias, labels, k)
+    D, R = scan_topk_batch(tables, codes, bias, k)
     for q in range(7):
         full = tables[q][np.arange(M)[None, :], codes].sum(1) + (bias if with_bias else 0)
         order = np.argsort(full, kind="stable")[:k]
         np.testing.assert_allclose(D[q], full[order], rtol=1e-5)
-        assert set(I[q]) == set(labels[order])  # ties aside, the same set
-    d1, i1 = scan_topk(tables[0], codes, bias, labels, k)
-    np.testing.assert_array_equal(d1, D[0])
+        np.testing.assert_allclose(full[R[q]], D[q], rtol=1e-5)  # each row carries its own distance
+        assert len(set(R[q])) == k
 
 
-def test_heap_pads_when_fewer_than_k(rng):
+def test_select_k_with_ties(rng):
+    for _ in range(500):
+        n = int(rng.integers(1, 200))
+        k = int(rng.integers(1, n + 1))
+        d = rng.integers(0, 5, size=n).astype(np.float32)  # many ties
+        lab = np.arange(n, dtype=np.int64)
+        d2, lab2 = d.copy(), lab.copy()
+        worst = select_k(d2, lab2, n, k)
+        np.testing.assert_array_equal(np.sort(d2[:k]), np.sort(d)[:k])
+        assert worst == np.sort(d)[k - 1]
+        np.testing.assert_array_equal(d[lab2], d2)  # labels moved with their distances
+
+
+def test_scan_pads_when_fewer_than_k(rng):
     codes = rng.integers(0, 4, size=(3, 2)).astype(np.uint8)
-    table = rng.random((2, 4), dtype=np.float32)
-    D, I = scan_topk(table, codes, np.empty(0, np.float32), np.arange(3, dtype=np.int64), 5)
-    assert list(I[3:]) == [-1, -1] and np.isinf(D[3:]).all()
-    assert sorted(I[:3]) == [0, 1, 2]
+    tables = rng.random((1, 2, 4), dtype=np.float32)
+    D, R = scan_topk_batch(tables, codes, np.empty(0, np.float32), 5)
+    assert list(R[0, 3:]) == [-1, -1] and np.isinf(D[0, 3:]).all()
+    assert sorted(R[0, :3]) == [0, 1, 2]
 
 
-def test_heap_scan_accumulates_across_lists(rng):
-    """Scanning two halves into one heap equals scanning the whole (IVF relies on this)."""
+def test_scan_accumulates_across_lists(rng):
+    """Scanning two halves into one reservoir equals scanning the whole (IVF relies on this)."""
     codes = rng.integers(0, 256, size=(2000, 4)).astype(np.uint8)
     table = rng.random((4, 256), dtype=np.float32)
-    labels = np.arange(2000, dtype=np.int64)
     e = np.empty(0, np.float32)
-    hd, hi = heap_init(1, 10)
-    heap_scan(table, codes[:1000], e, labels[:1000], hd[0], hi[0])
-    heap_scan(table, codes[1000:], e, labels[1000:], hd[0], hi[0])
-    D, I = heap_sorted(hd, hi)
-    D2, I2 = scan_topk(table, codes, e, labels, 10)
-    np.testing.assert_array_equal(D[0], D2)
+    rd, ri, cnt, thresh = topk_init(1, 10)
+    c, t = scan_codes(table, codes[:1000], e, 0.0, 0, rd[0], ri[0], cnt[0], thresh[0], 10)
+    c, t = scan_codes(table, codes[1000:], e, 0.0, 1000, rd[0], ri[0], c, t, 10)
+    D, R = np.empty(10, np.float32), np.empty(10, np.int64)
+    topk_finish(rd[0], ri[0], c, 10, D, R)
+    D2, R2 = scan_topk_batch(table[None], codes, e, 10)
+    np.testing.assert_array_equal(D, D2[0])
+    np.testing.assert_array_equal(R, R2[0])

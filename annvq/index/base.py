@@ -28,6 +28,7 @@ class BaseIndex(ABC):
 
     index_type: ClassVar[str]
     lazy_columns: ClassVar[tuple[str, ...]] = ()  # per-vector arrays left on disk by ``load``
+    keeps_norms: ClassVar[bool] = True  # store ||x^||^2 for codecs that need it (see NormCodec)
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -40,7 +41,7 @@ class BaseIndex(ABC):
         self.codec = codec
         self.d = codec.d
         self.metric = check_metric(metric)
-        self.norms = NormCodec(norm_bits) if codec.needs_norm(self._codec_metric) else None
+        self.norms = NormCodec(norm_bits) if self.keeps_norms and codec.needs_norm(self._codec_metric) else None
         self.ids = np.empty(0, dtype=np.int64)
         self._order: np.ndarray | None = None  # argsort of ids, rebuilt lazily after changes
         self.spec: str | None = None  # set by index_factory so files and services can show it
@@ -106,6 +107,12 @@ class BaseIndex(ABC):
             missing_ids(ids, ids[found])
         return self._order[np.searchsorted(self._sorted_ids(), ids)]
 
+    def _ids_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """External ids of row positions, keeping -1 (no result) as -1."""
+        if self.ntotal == 0:
+            return np.full(rows.shape, -1, dtype=np.int64)
+        return np.where(rows >= 0, self.ids[np.maximum(rows, 0)], -1)
+
     def _new_ids(self, ids, n: int) -> np.ndarray:
         if ids is None:
             start = int(self.ids.max()) + 1 if self.ntotal else 0
@@ -126,7 +133,7 @@ class BaseIndex(ABC):
         x = self._prepare(x, "x")
         self._train(x)
         if self.norms is not None:
-            self.norms.fit(self._norm_values(self._encode_for_norms(x)))
+            self.norms.fit(self._norm_values(self.codec.encode(x)))
         return self
 
     def add(self, x, ids=None) -> np.ndarray:
@@ -183,10 +190,6 @@ class BaseIndex(ABC):
     # --- what subclasses provide ---------------------------------------------------------------
     @abstractmethod
     def _train(self, x: np.ndarray) -> None: ...
-
-    def _encode_for_norms(self, x: np.ndarray) -> np.ndarray:
-        """Codes whose reconstructions' norms calibrate the norm codec (flat: the codes of x)."""
-        return self.codec.encode(x)
 
     @abstractmethod
     def _add(self, x: np.ndarray, ids: np.ndarray) -> None: ...

@@ -42,7 +42,8 @@ class FlatIndex(BaseIndex):
 
     def _search(self, xq: np.ndarray, k: int, **params: Any) -> tuple[np.ndarray, np.ndarray]:
         tables = self.codec.lookup_tables(xq, self._codec_metric)
-        return scan_topk_batch(tables, self.codes, self._bias, self.ids, k)
+        D, R = scan_topk_batch(tables, self.codes, self._bias, k)
+        return D, self._ids_of_rows(R)
 
     def _keep_rows(self, keep: np.ndarray) -> None:
         self.codes = np.ascontiguousarray(self.codes[keep])

@@ -1,16 +1,15 @@
 """Inverted-file index: a coarse quantizer splits the space into ``nlist`` cells, residuals are encoded.
 
 A vector x in list l is stored as the codes of its residual r = x - c_l. A query visits only the
-``nprobe`` lists whose centroids score best. Under L2 the distance to a stored vector is expanded as
+``nprobe`` lists whose centroids score best. Under L2 the distance to a stored vector expands as
 
-    ||q - c - r^||^2 = ||q - c||^2 + sum_m (||r^_m||^2 + 2 c.r^_m) - 2 sum_m q.r^_m
+    ||q - c - r^||^2 = ||q - c||^2 + (||r^||^2 + 2 c.r^) - 2 q.r^
 
-for a codec whose sub-codes add up (PQ, OPQ, SQ: every codec, through its "ip" tables and its "l2"
-table of the zero vector; additive codecs supply ||r^||^2 as the stored norm instead). The middle
-sum is a per-list term table computed once at training time, the last sum one table per query, so
-a probed list costs one table addition instead of a fresh table (faiss's "precomputed tables").
-When the term tables would exceed ``max_term_table_bytes``, tables are recomputed on q - c per
-probed list. Under "ip", q.(c + r^) = q.c + q.r^: one table per query plus a constant per list.
+The first term is the coarse search's score, the middle one a float per stored vector (the bias,
+computed exactly from the decoded residual when vectors are added or loaded), and the last one a
+lookup table of the query alone ("ip" tables are linear in the query, so the tables of 2q give it).
+So a query builds one table whatever ``nprobe`` and whatever the codec, and a probed list costs
+only its scan. Under "ip", q.(c + r^) = q.c + q.r^: the same table plus a constant per list.
 
 With ``rerank=True`` the exact vectors are kept as a per-vector column that :func:`annvq.load` leaves
 on disk; search then re-ranks the best ``k_factor * k`` ADC candidates by their exact distance.
@@ -29,6 +28,7 @@ from .base import BaseIndex
 from .coarse import make_coarse
 
 _TABLE_BYTES = 64 << 20  # cap on the lookup tables of one query block
+_DECODE_ROWS = 65536  # rows decoded at a time when computing the biases
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -64,14 +64,13 @@ class IVFIndex(BaseIndex):
 
     index_type = "ivf"
     lazy_columns = ("vectors",)
-    max_term_table_bytes = 256 << 20
+    keeps_norms = False  # the exact ||r^||^2 enters the in-memory bias instead
 
     def __init__(
         self,
         codec: Quantizer,
         nlist: int,
         metric: str = "l2",
-        norm_bits: int = 8,
         coarse: str = "flat",
         rerank: bool = False,
         nprobe: int = 1,
@@ -81,7 +80,7 @@ class IVFIndex(BaseIndex):
         coarse_niter: int = 20,
         random_state: int | None = 0,
     ) -> None:
-        super().__init__(codec, metric, norm_bits)
+        super().__init__(codec, metric)
         self.coarse = make_coarse(coarse, nlist, branching=branching, beam=beam, niter=coarse_niter, random_state=random_state)
         self.nlist = self.coarse.nlist
         self.rerank = bool(rerank)
@@ -90,11 +89,9 @@ class IVFIndex(BaseIndex):
         self.codes = np.empty((0, codec.M), dtype=codec.code_dtype)
         self.lists = np.empty(0, dtype=np.int32)  # list of every row, ascending
         self.offsets = np.zeros(self.nlist + 1, dtype=np.int64)
-        self.norm_codes = np.empty(0, dtype=self.norms.dtype if self.norms else np.float32)
-        self._bias = np.empty(0, dtype=np.float32)
+        self._bias = np.empty(0, dtype=np.float32)  # per row ||r^||^2 + 2 c.r^ (L2 only)
         self._vectors = np.empty((0, self.d), dtype=np.float32)  # exact vectors held in memory
         self._vec_ptr = np.empty(0, dtype=np.int64)  # per row: row of _vectors, or -1 - (row in source file)
-        self._term: np.ndarray | None = None  # (nlist, M, K) per-list L2 terms
 
     # --- training and encoding -----------------------------------------------------------------
     def _extra_trained(self) -> bool:
@@ -106,29 +103,23 @@ class IVFIndex(BaseIndex):
     def _train(self, x: np.ndarray) -> None:
         self.coarse.fit(x)
         self.codec.fit(self._residuals(x, self.coarse.assign(x)))
-        self._prepare_tables()
 
-    def _encode_for_norms(self, x: np.ndarray) -> np.ndarray:
-        return self.codec.encode(self._residuals(x, self.coarse.assign(x)))
-
-    def _prepare_tables(self) -> None:
-        """Per-list terms 2 c.r^_m + ||r^_m||^2 for L2 search, when they fit the memory cap."""
-        M, K = self.codec.M, self.codec.ksub
-        if self.metric != "l2" or self.nlist * M * K * 4 > self.max_term_table_bytes:
-            self._term = None
-            return
-        zero_norms = self.codec.lookup_tables(np.zeros((1, self.d), dtype=np.float32), "l2")[0]
-        term = self.codec.lookup_tables(self.coarse.centroids, "ip")
-        term *= -2.0  # the "ip" tables hold -c.r^_m
-        term += zero_norms
-        self._term = term
+    def _row_bias(self, codes: np.ndarray, lists: np.ndarray) -> np.ndarray:
+        """``||r^||^2 + 2 c.r^`` of every row (decoded in blocks), or empty when the metric needs none."""
+        if self.metric != "l2":
+            return np.empty(0, dtype=np.float32)
+        out = np.empty(len(codes), dtype=np.float32)
+        for s in range(0, len(codes), _DECODE_ROWS):
+            r = self.codec.decode(codes[s : s + _DECODE_ROWS])
+            r2c = 2.0 * self.coarse.centroids[lists[s : s + _DECODE_ROWS]]
+            r2c += r
+            out[s : s + _DECODE_ROWS] = np.einsum("ij,ij->i", r, r2c)
+        return out
 
     def _encode_columns(self, x: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
         lists = self.coarse.assign(x)
         codes = self.codec.encode(self._residuals(x, lists))
         cols = {"ids": ids, "lists": lists.astype(np.int32), "codes": codes}
-        if self.norms is not None:
-            cols["norms"] = self.norms.encode(self._norm_values(codes))
         if self.rerank:
             cols["vectors"] = x
         return cols
@@ -152,9 +143,8 @@ class IVFIndex(BaseIndex):
         self.codes = merged(self.codes, cols["codes"])
         self.lists = merged(self.lists, new_lists)
         self.ids = merged(self.ids, ids)
-        if self.norms is not None:
-            self.norm_codes = merged(self.norm_codes, cols["norms"])
-            self._bias = self.norms.decode(self.norm_codes)
+        if self.metric == "l2":
+            self._bias = merged(self._bias, self._row_bias(cols["codes"], new_lists))
         if self.rerank:
             ptr = len(self._vectors) + np.arange(len(ids), dtype=np.int64)
             self._vectors = np.concatenate([self._vectors, x])
@@ -173,30 +163,20 @@ class IVFIndex(BaseIndex):
         D, R = self._adc_search(xq, kk, nprobe)
         if rerank:
             D, R = self._rerank(xq, R, k)
-        I = np.where(R >= 0, self.ids[np.maximum(R, 0)] if self.ntotal else -1, -1)
-        return D, I
+        return D, self._ids_of_rows(R)
 
     def _adc_search(self, xq: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """ADC top-k row positions ``(D, R)`` of every query over its ``nprobe`` best lists."""
         cm = self._codec_metric
-        M, K, nq = self.codec.M, self.codec.ksub, xq.shape[0]
-        per_probe = cm == "l2" and self._term is None
-        block = max(1, _TABLE_BYTES // (M * K * 4 * (nprobe if per_probe else 1)))
-        term = self._term if self._term is not None and cm == "l2" else np.empty((0, M, K), dtype=np.float32)
+        nq = xq.shape[0]
+        block = max(1, _TABLE_BYTES // (self.codec.M * self.codec.ksub * 4))
         D = np.empty((nq, k), dtype=np.float32)
         R = np.empty((nq, k), dtype=np.int64)
         for s in range(0, nq, block):
             q = xq[s : s + block]
             consts, probes = self.coarse.search(q, nprobe, cm)
-            if per_probe:
-                resid = (q[:, None, :] - self.coarse.centroids[probes]).reshape(-1, self.d)
-                tables = self.codec.lookup_tables(resid, "l2")
-                consts = np.zeros_like(consts)
-            else:
-                # "ip" tables are linear in the query: tables of 2q hold the -2 q.r^_m of the expansion
-                tables = self.codec.lookup_tables(2.0 * q if cm == "l2" else q, "ip")
-            D[s : s + block], R[s : s + block] = ivf_scan(
-                tables, per_probe, term, probes, consts, self.codes, self.offsets, self._bias, k)
+            tables = self.codec.lookup_tables(2.0 * q if cm == "l2" else q, "ip")
+            D[s : s + block], R[s : s + block] = ivf_scan(tables, probes, consts, self.codes, self.offsets, self._bias, k)
         return D, R
 
     def _rerank(self, xq: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -242,8 +222,7 @@ class IVFIndex(BaseIndex):
         self.lists = self.lists[keep]
         self.ids = self.ids[keep]
         self.offsets = np.concatenate([[0], np.cumsum(np.bincount(self.lists, minlength=self.nlist))])
-        if self.norms is not None:
-            self.norm_codes = self.norm_codes[keep]
+        if self.metric == "l2":
             self._bias = self._bias[keep]
         if self.rerank:
             ptr = self._vec_ptr[keep]
@@ -269,8 +248,6 @@ class IVFIndex(BaseIndex):
 
     def _columns(self) -> dict[str, np.ndarray]:
         cols = {"ids": self.ids, "lists": self.lists, "codes": self.codes}
-        if self.norms is not None:
-            cols["norms"] = self.norm_codes
         if self.rerank:
             # read every vector into memory: the file they came from may be the one being replaced
             self._vectors = self._fetch_vectors(np.arange(self.ntotal))
@@ -281,15 +258,13 @@ class IVFIndex(BaseIndex):
     @classmethod
     def _construct(cls, codec: Quantizer, attrs: dict[str, Any], arrays: dict[str, np.ndarray]) -> "IVFIndex":
         try:
-            idx = cls(codec, nlist=int(attrs["nlist"]), metric=attrs["metric"], norm_bits=int(attrs.get("norm_bits", 8)),
-                      coarse=attrs["coarse"], rerank=bool(attrs["rerank"]), nprobe=int(attrs["nprobe"]),
+            idx = cls(codec, nlist=int(attrs["nlist"]), metric=attrs["metric"], coarse=attrs["coarse"], rerank=bool(attrs["rerank"]), nprobe=int(attrs["nprobe"]),
                       k_factor=int(attrs["k_factor"]), branching=int(attrs.get("branching", 32)),
                       beam=int(attrs.get("beam", 4)), coarse_niter=int(attrs["coarse_niter"]),
                       random_state=attrs.get("coarse_random_state"))
         except (KeyError, TypeError, InvalidInputError) as exc:
             raise FormatError(f"invalid IVF index attributes: {exc}") from None
         idx.coarse.set_arrays(arrays, codec.d)
-        idx._prepare_tables()
         return idx
 
     def _load_columns(self, columns: dict[str, np.ndarray]) -> None:
@@ -308,9 +283,7 @@ class IVFIndex(BaseIndex):
         self.lists = lists[order].astype(np.int32)
         self.ids = np.asarray(columns["ids"], dtype=np.int64)[order]
         self.offsets = np.concatenate([[0], np.cumsum(np.bincount(self.lists, minlength=self.nlist))])
-        if self.norms is not None:
-            self.norm_codes = np.asarray(columns["norms"], dtype=self.norms.dtype)[order]
-            self._bias = self.norms.decode(self.norm_codes)
+        self._bias = self._row_bias(self.codes, self.lists)
         if self.rerank:
             self._vectors = np.empty((0, self.d), dtype=np.float32)
             self._vec_ptr = -1 - order.astype(np.int64)

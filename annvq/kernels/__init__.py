@@ -2,7 +2,7 @@
 
 Nothing here knows about codecs or indexes; codecs and indexes call these.
 """
-from .adc import l2_tables, ip_tables, scan_topk, scan_topk_batch, heap_init, heap_scan, heap_sorted
+from .adc import l2_tables, ip_tables, scan_codes, scan_topk_batch, select_k, topk_finish, topk_init
 from .additive import code_gram, cross_terms, decode_sum, scatter_rows
 from .assign import assign_l2, centroid_sums, sq_norms
 from .ivf import exact_distances, ivf_scan, tree_search
@@ -15,11 +15,11 @@ __all__ = [
     "sq_norms",
     "l2_tables",
     "ip_tables",
-    "scan_topk",
+    "scan_codes",
     "scan_topk_batch",
-    "heap_init",
-    "heap_scan",
-    "heap_sorted",
+    "select_k",
+    "topk_init",
+    "topk_finish",
     "ivf_scan",
     "tree_search",
     "exact_distances",

@@ -1,92 +1,47 @@
 """Inverted-file kernels: choose the lists to probe (flat top-k or a tree descent), scan the probed
-lists of each query into one top-k heap, and compute exact distances for re-ranking.
+lists of each query into one top-k reservoir, and compute exact distances for re-ranking.
 
 Codes are stored sorted by list; list ``l`` occupies rows ``offsets[l]:offsets[l + 1]``. The distance of
 row ``i`` in list ``l`` to query ``q`` probed at position ``p`` is
 
-    consts[q, p] + bias[i] + sum_m table[m, codes[i, m]]
+    consts[q, p] + bias[i] + sum_m tables[q, m, codes[i, m]]
 
-where ``table`` is either one per query (``tables[q]``, optionally plus a per-list ``term[l]``) or one
-per (query, probe) (``tables[q * nprobe + p]``). Heaps hold row positions; callers map them to ids.
+with one table per query whatever the list: everything that depends on the list is folded into the
+per-probe constant and the per-row bias. Results are row positions; callers map them to ids.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from .adc import _sift_down, heap_init, heap_sorted
-
-_SHORT_LIST = 64  # below this many codes, two lookups per code beat building the list's table
-
-
-@njit(cache=True)
-def _scan_one(t, codes, bias, has_bias, const, base, hd, hi):
-    """One list's codes (a slice) against a table (M, K); pushes row ``base + i``."""
-    M = codes.shape[1]
-    worst = hd[0]
-    for i in range(codes.shape[0]):
-        s = const + bias[i] if has_bias else const
-        for m in range(M):
-            s += t[m, codes[i, m]]
-        if s < worst:
-            _sift_down(hd, hi, s, base + i)
-            worst = hd[0]
-
-
-@njit(cache=True)
-def _scan_two(t, u, codes, bias, has_bias, const, base, hd, hi):
-    """Like ``_scan_one`` against the sum of two tables, without building it (for short lists)."""
-    M = codes.shape[1]
-    worst = hd[0]
-    for i in range(codes.shape[0]):
-        s = const + bias[i] if has_bias else const
-        for m in range(M):
-            c = codes[i, m]
-            s += t[m, c] + u[m, c]
-        if s < worst:
-            _sift_down(hd, hi, s, base + i)
-            worst = hd[0]
+from .adc import _offer, scan_codes, topk_finish, topk_init
 
 
 @njit(cache=True, parallel=True)
-def ivf_scan(tables, per_probe, term, probes, consts, codes, offsets, bias, k):
+def ivf_scan(tables, probes, consts, codes, offsets, bias, k):
     """Top-k rows per query over its probed lists, parallel over queries; returns ``(D, R)`` ascending.
 
-    ``tables``: (nq, M, K), or (nq * nprobe, M, K) when ``per_probe``. ``term``: (nlist, M, K) added
-    to the query's table for each list, or an empty (0, M, K) array. ``probes`` (nq, nprobe) list
-    numbers (-1 = skip), ``consts`` (nq, nprobe), ``bias`` (n,) or empty. ``R`` holds row positions
-    (-1 pads when fewer than k rows were scanned).
+    ``tables`` (nq, M, K), ``probes`` (nq, nprobe) list numbers (-1 = skip), ``consts`` (nq, nprobe),
+    ``bias`` (n,) or empty. ``R`` holds row positions (-1 pads when fewer than k rows were scanned).
     """
     nq, nprobe = probes.shape
-    M = codes.shape[1]
-    K = tables.shape[2]
-    hd, hi = heap_init(nq, k)
-    has_term = term.shape[0] > 0
+    rd, ri, cnt, thresh = topk_init(nq, k)
+    D = np.empty((nq, k), dtype=np.float32)
+    R = np.empty((nq, k), dtype=np.int64)
     has_bias = bias.shape[0] > 0
     for q in prange(nq):
-        buf = np.empty((M, K), dtype=np.float32)
+        dq, iq = rd[q], ri[q]
+        c_, t_ = cnt[q], thresh[q]
         for p in range(nprobe):
             l = probes[q, p]
             if l < 0:
                 continue
             s0 = offsets[l]
             s1 = offsets[l + 1]
-            if s1 == s0:
-                continue
-            t = tables[q * nprobe + p] if per_probe else tables[q]
-            c = consts[q, p]
             b = bias[s0:s1] if has_bias else bias
-            if not has_term:
-                _scan_one(t, codes[s0:s1], b, has_bias, c, s0, hd[q], hi[q])
-            elif s1 - s0 < _SHORT_LIST:
-                _scan_two(t, term[l], codes[s0:s1], b, has_bias, c, s0, hd[q], hi[q])
-            else:
-                tl = term[l]
-                for m in range(M):
-                    for j in range(K):
-                        buf[m, j] = t[m, j] + tl[m, j]
-                _scan_one(buf, codes[s0:s1], b, has_bias, c, s0, hd[q], hi[q])
-    return heap_sorted(hd, hi)
+            c_, t_ = scan_codes(tables[q], codes[s0:s1], b, consts[q, p], s0, dq, iq, c_, t_, k)
+        topk_finish(dq, iq, c_, k, D[q], R[q])
+    return D, R
 
 
 @njit(cache=True, inline="always")
@@ -186,16 +141,18 @@ def coarse_topk(xq, dots, c_norms, nprobe, use_ip):
     ``use_ip``.
     """
     nq, nlist = dots.shape
-    hd, hi = heap_init(nq, nprobe)
+    rd, ri, cnt, thresh = topk_init(nq, nprobe)
+    D = np.empty((nq, nprobe), dtype=np.float32)
+    L = np.empty((nq, nprobe), dtype=np.int64)
     for q in prange(nq):
         qn = np.float32(0.0)
         if not use_ip:
             for j in range(xq.shape[1]):
                 qn += xq[q, j] * xq[q, j]
-        worst = hd[q, 0]
+        dq, iq = rd[q], ri[q]
+        c_, t_ = cnt[q], thresh[q]
         for c in range(nlist):
-            s = -dots[q, c] if use_ip else max(qn + c_norms[c] - 2.0 * dots[q, c], np.float32(0.0))
-            if s < worst:
-                _sift_down(hd[q], hi[q], s, c)
-                worst = hd[q, 0]
-    return heap_sorted(hd, hi)
+            s = -dots[q, c] if use_ip else max(qn + c_norms[c] - np.float32(2.0) * dots[q, c], np.float32(0.0))
+            c_, t_ = _offer(dq, iq, c_, t_, nprobe, s, c)
+        topk_finish(dq, iq, c_, nprobe, D[q], L[q])
+    return D, L
