@@ -4,8 +4,11 @@ Real data (ann-benchmarks HDF5 files): for every spec and nprobe, 1-recall@1/10/
 neighbour in the top R, faiss's "R@R") and 10-recall@10 (overlap with the true top 10), QPS of the
 whole query batch (k=100), p50/p99 single-query latency, build seconds and bytes per vector; a
 recall-QPS plot per dataset. nanopq has no IVF, so it appears as one exhaustive-PQ point.
-Synthetic (``--synthetic``, clearly labelled: clustered Gaussian data in a 24-D subspace of 128-D,
-generated on the fly): build time and QPS of IVF-PQ at 100k, 300k and 1M vectors, annvq and faiss.
+Synthetic (``--synthetic``, clearly labelled: clustered Gaussian data in a 32-D subspace of 128-D,
+generated on the fly): build time, recall and QPS of IVF-PQ at 100k, 300k and 1M vectors, annvq,
+faiss with the same spec, and faiss fast-scan (4-bit PQ).
+Every run ends with the QPS of each curve at the target recall and, for each fast-scan curve, its QPS
+over annvq's at equal 1-recall@10.
 
     python benchmarks/bench_ivf.py                              # sift10k and bigann10k
     python benchmarks/bench_ivf.py --datasets sift10k --nprobe 1,4,16
@@ -150,6 +153,31 @@ def qps_at(rows, recall_key: str, target: float) -> float | None:
     return None
 
 
+def summarize(rows, target: float) -> dict[str, float | None]:
+    """QPS of every curve at ``target`` recall, and each faiss fast-scan curve against each annvq
+    8-bit PQ curve at equal 1-recall@10: the target, or the best the fast-scan curve reaches if lower."""
+    curves: dict[tuple[str, str], list] = {}
+    for r in rows:
+        curves.setdefault((r["lib"], r["spec"]), []).append(r)
+    summary: dict[str, float | None] = {}
+    for key in ("R@10", "10-recall@10"):
+        for (lib, spec), pts in curves.items():
+            summary[f"{lib} {spec} @ {key}={target}"] = qps_at(pts, key, target)
+    for (lib, spec), pts in curves.items():
+        if not spec.endswith("fs"):
+            continue
+        level = min(target, np.floor(1000 * max(p["R@10"] for p in pts)) / 1000)
+        fast = qps_at(pts, "R@10", level)
+        for (lib2, spec2), pts2 in curves.items():
+            if lib2 == "annvq" and "PQ" in spec2 and "Refine" not in spec2:
+                ours = qps_at(pts2, "R@10", level)
+                ratio = fast / ours if fast and ours else None
+                summary[f"faiss {spec} QPS / annvq {spec2} QPS @ R@10={level:.3f}"] = ratio
+    for k_, v in summary.items():
+        print(f"{k_}: {'not reached' if v is None else f'{v:.2f}' if 'QPS /' in k_ else f'{v:.0f} QPS'}")
+    return summary
+
+
 def plot(rows, name: str, path: Path) -> None:
     """Recall-QPS curves in nprobe order: one colour per spec, line style per library."""
     import matplotlib
@@ -204,52 +232,53 @@ def real_runs(args) -> dict:
             rows += new
         png = RESULTS / f"ivf_{name}.png"
         plot(rows, name, png)
-        summary = {}
-        for key in ("R@10", "10-recall@10"):
-            if key == "R@10":  # fast-scan 4-bit PQ tops out near 0.8 here: compare there too
-                for spec in ("IVF64,PQ16x8", "IVF64,PQ16x4fs"):
-                    lib = "faiss" if spec.endswith("fs") else "annvq"
-                    summary[f"{lib} {spec} @ R@10=0.8"] = qps_at(
-                        [r for r in rows if r["lib"] == lib and r["spec"] == spec], key, 0.8)
-            for (lib, spec) in dict.fromkeys((r["lib"], r["spec"]) for r in rows):
-                q = qps_at([r for r in rows if r["lib"] == lib and r["spec"] == spec], key, args.target)
-                summary[f"{lib} {spec} @ {key}={args.target}"] = q
-        for k_, v in summary.items():
-            print(f"QPS {k_}: {'not reached' if v is None else f'{v:.0f}'}")
+        summary = summarize(rows, args.target)
         out[name] = {"rows": rows, "qps_at_target": summary, "plot": str(png.relative_to(RESULTS.parent.parent))}
     return out
 
 
 def synthetic(n: int, rng: np.random.Generator, centers: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """SYNTHETIC: Gaussian clusters in a 24-D latent space mapped linearly to 128-D, plus small noise,
-    so that nearest neighbours are meaningful (as in real descriptors, whose intrinsic dimension is low)."""
+    """SYNTHETIC: 10,000 unit Gaussian clusters in a 32-D latent space mapped linearly to 128-D, plus small
+    noise. Nearest neighbours are meaningful (as in real descriptors, whose intrinsic dimension is low),
+    and there are far more clusters than lists, so, as on real data, recall keeps growing with nprobe."""
     lab = rng.integers(len(centers), size=n)
     z = centers[lab] + rng.normal(size=(n, centers.shape[1])).astype(np.float32)
     return (z @ basis + 0.1 * rng.normal(size=(n, basis.shape[1]))).astype(np.float32)
 
 
-def synthetic_runs(args) -> list[dict]:
-    """Build time and QPS of IVF-PQ at several sizes on SYNTHETIC data (see ``synthetic``)."""
+SYNTHETIC_LABEL = ("SYNTHETIC: 10,000 Gaussian clusters in a 32-D latent space, linear map to d=128, noise 0.1, "
+                   "generated on the fly (seed 0)")
+
+
+def synthetic_runs(args) -> dict:
+    """Build time, recall and QPS of IVF-PQ at several sizes on SYNTHETIC data (see ``synthetic``)."""
     rng = np.random.default_rng(0)
-    centers = rng.normal(size=(1000, 24)).astype(np.float32) * 3
-    basis = rng.normal(size=(24, 128)).astype(np.float32) / np.sqrt(24)
+    centers = rng.normal(size=(10_000, 32)).astype(np.float32) * 3
+    basis = rng.normal(size=(32, 128)).astype(np.float32) / np.sqrt(32)
     xq = synthetic(args.synthetic_queries, rng, centers, basis)
-    rows = []
+    out = {}
     for n in args.sizes:
         x = synthetic(n, rng, centers, basis)
         _, gt = knn_groundtruth(x, xq, K)
         xt = x[: args.train_size]
+        name = f"SYNTHETIC-{n // 1000}k"
+        rows = []
         for spec in args.synthetic_specs:
-            name = f"SYNTHETIC-{n // 1000}k"
-            r = annvq_rows(name, spec, x, xt, xq, gt, args.nprobe, args.latency_queries, RESULTS)
+            rows += annvq_rows(name, spec, x, xt, xq, gt, args.nprobe, args.latency_queries, RESULTS)
             if faiss is not None and not args.no_faiss:
-                r += faiss_rows(name, spec, x, xt, xq, gt, args.nprobe, args.latency_queries)
-            for row in r:
-                row["n"] = n
-            rows += r
-            print(markdown_table(r, COLS), flush=True)
+                rows += faiss_rows(name, spec, x, xt, xq, gt, args.nprobe, args.latency_queries)
+        if faiss is not None and not args.no_faiss:
+            for fs in args.synthetic_faiss_extra:
+                rows += faiss_rows(name, fs, x, xt, xq, gt, args.nprobe, args.latency_queries, fspec=fs)
+        for row in rows:
+            row["n"] = n
+        print(markdown_table(rows, COLS), flush=True)
+        png = RESULTS / f"ivf_{name}.png"
+        plot(rows, name, png)
+        out[name] = {"rows": rows, "qps_at_target": summarize(rows, args.target),
+                     "plot": str(png.relative_to(RESULTS.parent.parent))}
         del x
-    return rows
+    return out
 
 
 def main() -> None:
@@ -266,16 +295,15 @@ def main() -> None:
     ap.add_argument("--synthetic", action="store_true", help="run the SYNTHETIC scaling benchmark instead")
     ap.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[100_000, 300_000, 1_000_000])
     ap.add_argument("--synthetic-specs", nargs="*", default=["IVF1024,PQ16x8"])
+    ap.add_argument("--synthetic-faiss-extra", nargs="*", default=["IVF1024,PQ16x4fs", "IVF1024,PQ32x4fs"],
+                    help="faiss-only specs in the synthetic run (fast-scan; PQ32x4fs has the code size of PQ16x8)")
     ap.add_argument("--synthetic-queries", type=int, default=1000)
     ap.add_argument("--train-size", type=int, default=100_000)
     args = ap.parse_args()
     apply_thread_limits(1)
     if args.synthetic:
-        if args.nprobe == [1, 2, 4, 8, 16, 32, 64]:
-            args.nprobe = [1, 4, 16, 64]
-        rows = synthetic_runs(args)
-        path = write_results("ivf_synthetic", {"threads": 1, "data": "SYNTHETIC: 1000 Gaussian clusters in a 24-D "
-                                               "latent space, linear map to d=128, noise 0.1", "rows": rows})
+        path = write_results("ivf_synthetic", {"threads": 1, "k": K, "data": SYNTHETIC_LABEL,
+                                               "datasets": synthetic_runs(args)})
     else:
         path = write_results("ivf", {"threads": 1, "k": K, "datasets": real_runs(args)})
     print(f"results written to {path}")

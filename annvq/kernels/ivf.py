@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .adc import _offer, scan_codes, topk_finish, topk_init
+from .adc import scan_codes, select_k, topk_finish, topk_init
 
 
 @njit(cache=True, parallel=True)
@@ -153,6 +153,12 @@ def coarse_topk(xq, dots, c_norms, nprobe, use_ip):
         c_, t_ = cnt[q], thresh[q]
         for c in range(nlist):
             s = -dots[q, c] if use_ip else max(qn + c_norms[c] - np.float32(2.0) * dots[q, c], np.float32(0.0))
-            c_, t_ = _offer(dq, iq, c_, t_, nprobe, s, c)
+            if s < t_:
+                dq[c_] = s
+                iq[c_] = c
+                c_ += 1
+                if c_ == dq.shape[0]:
+                    t_ = select_k(dq, iq, c_, nprobe)
+                    c_ = nprobe
         topk_finish(dq, iq, c_, nprobe, D[q], L[q])
     return D, L
