@@ -61,6 +61,23 @@ def test_adc_equals_decoded_distance(trained, i, metric):
     np.testing.assert_allclose(adc, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("i", range(len(CODECS)))
+def test_linear_ip_matches_ip_tables(trained, i):
+    """Where a codec offers the linear form of its "ip" tables (SQ), it gives the same sums."""
+    x, codecs = trained
+    q = codecs[i]
+    codes = q.encode(x[:200])
+    xq = _data(5, seed=9)
+    lin = q.linear_ip(xq)
+    if not isinstance(q, ScalarQuantizer):
+        assert lin is None
+        return
+    w, b = lin
+    T = q.lookup_tables(xq, "ip")
+    ref = T[:, np.arange(q.M)[None, :], codes.astype(np.int64)].sum(-1)
+    np.testing.assert_allclose(b[:, None] + w @ codes.T.astype(np.float32), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
 def test_quality_ordering(trained):
     x, (sq8, sq4, pq6, pq10, opq6) = trained
     assert sq8.mse(x) < sq4.mse(x)

@@ -9,7 +9,9 @@ The first term is the coarse search's score, the middle one a float per stored v
 computed exactly from the decoded residual when vectors are added or loaded), and the last one a
 lookup table of the query alone ("ip" tables are linear in the query, so the tables of 2q give it).
 So a query builds one table whatever ``nprobe`` and whatever the codec, and a probed list costs
-only its scan. Under "ip", q.(c + r^) = q.c + q.r^: the same table plus a constant per list.
+only its scan. Under "ip", q.(c + r^) = q.c + q.r^: the same table plus a constant per list. For a
+codec whose tables are affine in the code values (SQ, see ``Quantizer.linear_ip``) the table sum is
+a dot product of the codes with one weight vector per query, which the scan computes with SIMD.
 
 With ``rerank=True`` the exact vectors are kept as a per-vector column that :func:`annvq.load` leaves
 on disk; search then re-ranks the best ``k_factor * k`` ADC candidates by their exact distance.
@@ -22,7 +24,7 @@ import h5py
 import numpy as np
 
 from ..errors import AnnvqError, FormatError, InvalidInputError
-from ..kernels.ivf import exact_distances, ivf_scan
+from ..kernels.ivf import exact_distances, ivf_scan, ivf_scan_linear
 from ..quantizers import Quantizer
 from .base import BaseIndex
 from .coarse import make_coarse
@@ -175,8 +177,15 @@ class IVFIndex(BaseIndex):
         for s in range(0, nq, block):
             q = xq[s : s + block]
             consts, probes = self.coarse.search(q, nprobe, cm)
-            tables = self.codec.lookup_tables(2.0 * q if cm == "l2" else q, "ip")
-            D[s : s + block], R[s : s + block] = ivf_scan(tables, probes, consts, self.codes, self.offsets, self._bias, k)
+            qq = 2.0 * q if cm == "l2" else q
+            linear = self.codec.linear_ip(qq)
+            if linear is not None:
+                w, b = linear
+                D[s : s + block], R[s : s + block] = ivf_scan_linear(
+                    w, probes, consts + b[:, None], self.codes, self.offsets, self._bias, k)
+            else:
+                tables = self.codec.lookup_tables(qq, "ip")
+                D[s : s + block], R[s : s + block] = ivf_scan(tables, probes, consts, self.codes, self.offsets, self._bias, k)
         return D, R
 
     def _rerank(self, xq: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -44,6 +44,44 @@ def ivf_scan(tables, probes, consts, codes, offsets, bias, k):
     return D, R
 
 
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+def ivf_scan_linear(weights, probes, consts, codes, offsets, bias, k):
+    """``ivf_scan`` for codecs whose distance is linear in the code values (scalar quantization).
+
+    The distance of row ``i`` is ``consts[q, p] + bias[i] + sum_j weights[q, j] * codes[i, j]``: a dot
+    product that vectorises (reassociation allowed), instead of one table lookup per dimension.
+    """
+    nq, nprobe = probes.shape
+    d = codes.shape[1]
+    rd, ri, cnt, thresh = topk_init(nq, k)
+    D = np.empty((nq, k), dtype=np.float32)
+    R = np.empty((nq, k), dtype=np.int64)
+    has_bias = bias.shape[0] > 0
+    for q in prange(nq):
+        w = weights[q]
+        dq, iq = rd[q], ri[q]
+        c_, t_ = cnt[q], thresh[q]
+        for p in range(nprobe):
+            l = probes[q, p]
+            if l < 0:
+                continue
+            cst = consts[q, p]
+            for i in range(offsets[l], offsets[l + 1]):
+                s = np.float32(0.0)
+                for j in range(d):
+                    s += w[j] * np.float32(codes[i, j])
+                s += cst + bias[i] if has_bias else cst
+                if s < t_:
+                    dq[c_] = s
+                    iq[c_] = i
+                    c_ += 1
+                    if c_ == dq.shape[0]:
+                        t_ = select_k(dq, iq, c_, k)
+                        c_ = k
+        topk_finish(dq, iq, c_, k, D[q], R[q])
+    return D, R
+
+
 @njit(cache=True, inline="always")
 def _node_score(xq, q, cents, node, use_ip):
     d = xq.shape[1]

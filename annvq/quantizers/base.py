@@ -99,6 +99,14 @@ class Quantizer(ABC):
     def lookup_tables(self, xq: np.ndarray, metric: str = "l2") -> np.ndarray:
         """ADC tables (nq, M, K) float32 for queries (nq, d); see the class docstring."""
 
+    def linear_ip(self, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(w, b)`` with ``sum_m T[q, m, code[m]] = b[q] + sum_m w[q, m] * code[m]`` for the "ip"
+        tables ``T``, when they are affine in the code values (scalar quantization); else None.
+
+        A scan can then take a SIMD dot product with the codes instead of ``M`` table lookups.
+        """
+        return None
+
     # --- persistence ----------------------------------------------------------------------------
     @abstractmethod
     def get_params(self) -> dict[str, Any]:

@@ -15,7 +15,8 @@ class ScalarQuantizer(Quantizer):
 
     Range per dimension is [min, max] of the training data (``rs="minmax"``) or mean ± 3 std clipped
     to min/max (``rs="stddev"``), which trades saturation for a finer step on heavy-tailed data.
-    Search reuses the generic ADC scan: each dimension has a table of 2**nbits entries.
+    Search reuses the generic ADC scan (each dimension has a table of 2**nbits entries), except where
+    an index can use :meth:`linear_ip`: -q.x^ is affine in the codes, a dot product with q * step.
     """
 
     kind = "sq"
@@ -75,3 +76,9 @@ class ScalarQuantizer(Quantizer):
         xq = self._check_x(xq, "xq")
         fn = l2_tables if metric == "l2" else ip_tables
         return fn(xq[:, :, None], self.codebooks)
+
+    def linear_ip(self, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-q.x^ = -q.vmin - sum_j (q_j step_j) code_j: weights ``-xq * step`` and offsets ``-xq.vmin``."""
+        self._require_trained()
+        xq = self._check_x(xq, "xq")
+        return np.ascontiguousarray(-xq * self.step, dtype=np.float32), (-(xq @ self.vmin)).astype(np.float32)
