@@ -48,13 +48,15 @@ def dataset_path(name: str) -> Path:
     return shared_data_dir() / known[name] if name in known else Path(name)
 
 
-def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[Any, float]:
-    """Run ``fn`` ``repeat`` times; return the last result and the best wall time in seconds."""
-    best, out = float("inf"), None
-    for _ in range(repeat):
+def timed(fn: Callable[[], Any], repeat: int = 1, min_seconds: float = 0.0) -> tuple[Any, float]:
+    """Run ``fn`` at least ``repeat`` times and until ``min_seconds`` have passed in all; return the last
+    result and the best wall time in seconds (the best of many short runs is the least disturbed one)."""
+    best, out, total, runs = float("inf"), None, 0.0, 0
+    while runs < repeat or total < min_seconds:
         t = time.perf_counter()
         out = fn()
-        best = min(best, time.perf_counter() - t)
+        dt = time.perf_counter() - t
+        best, total, runs = min(best, dt), total + dt, runs + 1
     return out, best
 
 

@@ -74,11 +74,12 @@ def test_full_probe_equals_bruteforce_on_reconstructions(data, spec, metric):
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])
-def test_partial_probe_equals_bruteforce_over_probed_lists(data, metric):
+@pytest.mark.parametrize("spec", ["IVF16,PQ4x8", "IVF16,SQ8"])  # table scan, and SQ's linear scan
+def test_partial_probe_equals_bruteforce_over_probed_lists(data, spec, metric):
     """With nprobe < nlist, results are brute force over the reconstructions in the probed lists:
     the per-list constant and the per-row bias are right for every list, not only in sum."""
     x, xq = data
-    idx = annvq.index_factory(D, "IVF16,PQ4x8", metric=metric)
+    idx = annvq.index_factory(D, spec, metric=metric)
     idx.train(x)
     ids = idx.add(x)
     xh = idx.reconstruct_batch(ids)

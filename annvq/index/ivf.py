@@ -24,12 +24,12 @@ import h5py
 import numpy as np
 
 from ..errors import AnnvqError, FormatError, InvalidInputError
-from ..kernels.ivf import exact_distances, ivf_scan, ivf_scan_linear
+from ..kernels.ivf import exact_distances, ivf_scan
 from ..quantizers import Quantizer
 from .base import BaseIndex
 from .coarse import make_coarse
 
-_TABLE_BYTES = 64 << 20  # cap on the lookup tables of one query block
+_TABLE_BYTES = 2 << 20  # lookup tables of one query block: small enough to stay in cache until scanned
 _DECODE_ROWS = 65536  # rows decoded at a time when computing the biases
 
 
@@ -170,8 +170,8 @@ class IVFIndex(BaseIndex):
     def _adc_search(self, xq: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """ADC top-k row positions ``(D, R)`` of every query over its ``nprobe`` best lists."""
         cm = self._codec_metric
-        nq = xq.shape[0]
-        block = max(1, _TABLE_BYTES // (self.codec.M * self.codec.ksub * 4))
+        nq, M, K = xq.shape[0], self.codec.M, self.codec.ksub
+        block = max(1, _TABLE_BYTES // (M * K * 4))
         D = np.empty((nq, k), dtype=np.float32)
         R = np.empty((nq, k), dtype=np.int64)
         for s in range(0, nq, block):
@@ -180,12 +180,14 @@ class IVFIndex(BaseIndex):
             qq = 2.0 * q if cm == "l2" else q
             linear = self.codec.linear_ip(qq)
             if linear is not None:
-                w, b = linear
-                D[s : s + block], R[s : s + block] = ivf_scan_linear(
-                    w, probes, consts + b[:, None], self.codes, self.offsets, self._bias, k)
+                weights, offset = linear
+                tables = np.empty((0, M, K), dtype=np.float32)
+                consts = consts + offset[:, None]
             else:
+                weights = np.empty((0, M), dtype=np.float32)
                 tables = self.codec.lookup_tables(qq, "ip")
-                D[s : s + block], R[s : s + block] = ivf_scan(tables, probes, consts, self.codes, self.offsets, self._bias, k)
+            D[s : s + block], R[s : s + block] = ivf_scan(
+                tables, weights, probes, consts, self.codes, self.offsets, self._bias, k)
         return D, R
 
     def _rerank(self, xq: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -2,10 +2,10 @@
 
 Nothing here knows about codecs or indexes; codecs and indexes call these.
 """
-from .adc import l2_tables, ip_tables, scan_codes, scan_topk_batch, select_k, topk_finish, topk_init
+from .adc import l2_tables, ip_tables, admit, scan_codes, scan_topk_batch, select_k, topk_finish, topk_init
 from .additive import code_gram, cross_terms, decode_sum, scatter_rows
 from .assign import assign_l2, centroid_sums, sq_norms
-from .ivf import exact_distances, ivf_scan, ivf_scan_linear, tree_search
+from .ivf import exact_distances, ivf_scan, tree_search
 from .beam import beam_search
 from .cq import icm_encode
 
@@ -15,13 +15,13 @@ __all__ = [
     "sq_norms",
     "l2_tables",
     "ip_tables",
+    "admit",
     "scan_codes",
     "scan_topk_batch",
     "select_k",
     "topk_init",
     "topk_finish",
     "ivf_scan",
-    "ivf_scan_linear",
     "tree_search",
     "exact_distances",
     "decode_sum",

@@ -104,13 +104,32 @@ def topk_init(nq: int, k: int):
 
 
 @njit(cache=True)
+def admit(dist, n, base, rd, ri, cnt, thresh, k):
+    """Offer ``dist[:n]`` with labels ``base + j`` to the reservoir ``(rd, ri)``; returns ``(cnt, thresh)``.
+
+    A candidate enters when it beats ``thresh``; when the reservoir fills, the k best are kept and
+    ``thresh`` drops to the k-th distance.
+    """
+    cap = rd.shape[0]
+    for j in range(n):
+        s = dist[j]
+        if s < thresh:
+            rd[cnt] = s
+            ri[cnt] = base + j
+            cnt += 1
+            if cnt == cap:
+                thresh = select_k(rd, ri, cnt, k)
+                cnt = k
+    return cnt, thresh
+
+
+@njit(cache=True)
 def scan_codes(table, codes, bias, const, base, rd, ri, cnt, thresh, k):
     """Offer ``const + bias[i] + sum_m table[m, codes[i, m]]`` with label ``base + i`` for every code.
 
-    A candidate enters the reservoir ``(rd, ri)`` when it beats ``thresh``; when the reservoir fills,
-    the k best are kept and ``thresh`` drops to the k-th distance. Four codes are summed at a time, so
+    Candidates enter the reservoir ``(rd, ri)`` as in :func:`admit`. Four codes are summed at a time, so
     their chains of dependent additions overlap in the pipeline; the admission test is written out in
-    this loop because a helper function returning ``(cnt, thresh)`` made the whole scan 3x slower.
+    this loop because calling a helper per code (returning ``(cnt, thresh)``) made the scan 3x slower.
     ``bias`` is empty or one float per code. Returns the reservoir's new ``(cnt, thresh)``.
     """
     n, M = codes.shape

@@ -14,24 +14,44 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .adc import scan_codes, select_k, topk_finish, topk_init
+from .adc import admit, scan_codes, topk_finish, topk_init
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _linear_dists(w, codes, bias, const, out):
+    """``out[i] = const + bias[i] + sum_j w[j] * codes[i, j]``: a dot product that vectorises
+    (reassociation allowed) where a table scan would make one lookup per dimension."""
+    has_bias = bias.shape[0] > 0
+    for i in range(codes.shape[0]):
+        s = np.float32(0.0)
+        for j in range(codes.shape[1]):
+            s += w[j] * np.float32(codes[i, j])
+        out[i] = s + const + bias[i] if has_bias else s + const
 
 
 @njit(cache=True, parallel=True)
-def ivf_scan(tables, probes, consts, codes, offsets, bias, k):
+def ivf_scan(tables, weights, probes, consts, codes, offsets, bias, k):
     """Top-k rows per query over its probed lists, parallel over queries; returns ``(D, R)`` ascending.
 
-    ``tables`` (nq, M, K), ``probes`` (nq, nprobe) list numbers (-1 = skip), ``consts`` (nq, nprobe),
-    ``bias`` (n,) or empty. ``R`` holds row positions (-1 pads when fewer than k rows were scanned).
+    The table sum of a code comes from ``tables`` (nq, M, K), or, when ``weights`` (nq, M) is not empty,
+    from the dot product of the code values with ``weights[q]`` (codecs whose tables are affine in the
+    code values: scalar quantization). ``probes`` (nq, nprobe) list numbers (-1 = skip), ``consts``
+    (nq, nprobe), ``bias`` (n,) or empty. ``R`` holds row positions (-1 pads short results).
     """
     nq, nprobe = probes.shape
+    linear = weights.shape[0] > 0
     rd, ri, cnt, thresh = topk_init(nq, k)
     D = np.empty((nq, k), dtype=np.float32)
     R = np.empty((nq, k), dtype=np.int64)
     has_bias = bias.shape[0] > 0
+    longest = 0
+    if linear:
+        for l in range(offsets.shape[0] - 1):
+            longest = max(longest, offsets[l + 1] - offsets[l])
     for q in prange(nq):
         dq, iq = rd[q], ri[q]
         c_, t_ = cnt[q], thresh[q]
+        dist = np.empty(longest, dtype=np.float32)
         for p in range(nprobe):
             l = probes[q, p]
             if l < 0:
@@ -39,45 +59,11 @@ def ivf_scan(tables, probes, consts, codes, offsets, bias, k):
             s0 = offsets[l]
             s1 = offsets[l + 1]
             b = bias[s0:s1] if has_bias else bias
-            c_, t_ = scan_codes(tables[q], codes[s0:s1], b, consts[q, p], s0, dq, iq, c_, t_, k)
-        topk_finish(dq, iq, c_, k, D[q], R[q])
-    return D, R
-
-
-@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
-def ivf_scan_linear(weights, probes, consts, codes, offsets, bias, k):
-    """``ivf_scan`` for codecs whose distance is linear in the code values (scalar quantization).
-
-    The distance of row ``i`` is ``consts[q, p] + bias[i] + sum_j weights[q, j] * codes[i, j]``: a dot
-    product that vectorises (reassociation allowed), instead of one table lookup per dimension.
-    """
-    nq, nprobe = probes.shape
-    d = codes.shape[1]
-    rd, ri, cnt, thresh = topk_init(nq, k)
-    D = np.empty((nq, k), dtype=np.float32)
-    R = np.empty((nq, k), dtype=np.int64)
-    has_bias = bias.shape[0] > 0
-    for q in prange(nq):
-        w = weights[q]
-        dq, iq = rd[q], ri[q]
-        c_, t_ = cnt[q], thresh[q]
-        for p in range(nprobe):
-            l = probes[q, p]
-            if l < 0:
-                continue
-            cst = consts[q, p]
-            for i in range(offsets[l], offsets[l + 1]):
-                s = np.float32(0.0)
-                for j in range(d):
-                    s += w[j] * np.float32(codes[i, j])
-                s += cst + bias[i] if has_bias else cst
-                if s < t_:
-                    dq[c_] = s
-                    iq[c_] = i
-                    c_ += 1
-                    if c_ == dq.shape[0]:
-                        t_ = select_k(dq, iq, c_, k)
-                        c_ = k
+            if linear:
+                _linear_dists(weights[q], codes[s0:s1], b, consts[q, p], dist)
+                c_, t_ = admit(dist, s1 - s0, s0, dq, iq, c_, t_, k)
+            else:
+                c_, t_ = scan_codes(tables[q], codes[s0:s1], b, consts[q, p], s0, dq, iq, c_, t_, k)
         topk_finish(dq, iq, c_, k, D[q], R[q])
     return D, R
 
@@ -187,16 +173,9 @@ def coarse_topk(xq, dots, c_norms, nprobe, use_ip):
         if not use_ip:
             for j in range(xq.shape[1]):
                 qn += xq[q, j] * xq[q, j]
-        dq, iq = rd[q], ri[q]
-        c_, t_ = cnt[q], thresh[q]
+        scores = np.empty(nlist, dtype=np.float32)
         for c in range(nlist):
-            s = -dots[q, c] if use_ip else max(qn + c_norms[c] - np.float32(2.0) * dots[q, c], np.float32(0.0))
-            if s < t_:
-                dq[c_] = s
-                iq[c_] = c
-                c_ += 1
-                if c_ == dq.shape[0]:
-                    t_ = select_k(dq, iq, c_, nprobe)
-                    c_ = nprobe
-        topk_finish(dq, iq, c_, nprobe, D[q], L[q])
+            scores[c] = -dots[q, c] if use_ip else max(qn + c_norms[c] - np.float32(2.0) * dots[q, c], np.float32(0.0))
+        c_, t_ = admit(scores, nlist, 0, rd[q], ri[q], cnt[q], thresh[q], nprobe)
+        topk_finish(rd[q], ri[q], c_, nprobe, D[q], L[q])
     return D, L
