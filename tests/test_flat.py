@@ -133,3 +133,29 @@ def test_integer_input_accepted(data):
     idx = FlatIndex(ProductQuantizer(16, 4, 4)).train(x)
     idx.add(np.rint(x[:5]).astype(np.int32))
     assert idx.ntotal == 5
+
+
+def test_batch_search_runs_blas_on_one_thread():
+    """Batches limit BLAS to one thread while Numba's kernels run (their idle spinning slows both);
+    single queries leave BLAS alone, and the limit is lifted afterwards."""
+    from threadpoolctl import threadpool_info
+
+    from annvq._threads import search_threads
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    with search_threads(1):
+        assert blas_threads() == before
+    with search_threads(100):
+        inside = blas_threads()
+    assert blas_threads() == before
+    assert inside and all(n == 1 for n in inside)
+    # overlapping searches (the service's worker threads): the limit holds until the last one ends
+    outer, inner = search_threads(100), search_threads(200)
+    with outer:
+        with inner:
+            pass
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before

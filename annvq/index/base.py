@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .._threads import search_threads
 from .._validate import as_ids, as_vectors, check_k, check_metric, missing_ids
 from ..errors import DuplicateIdError, FormatError, InvalidInputError, NotTrainedError
 from ..quantizers import Quantizer
@@ -153,7 +154,8 @@ class BaseIndex(ABC):
         self._require_trained()
         k = check_k(k)
         xq = self._prepare(xq, "xq")
-        D, I = self._search(xq, k, **params)
+        with search_threads(xq.shape[0]):
+            D, I = self._search(xq, k, **params)
         if self.metric != "l2":
             D = -D
         D[I < 0] = np.inf if self.metric == "l2" else -np.inf
