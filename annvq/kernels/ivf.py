@@ -6,6 +6,7 @@ row ``i`` in list ``l`` to query ``q`` probed at position ``p`` is
 
     consts[q, p] + bias[i] + sum_m tables[q, m, codes[i, m]]
 
+(or ``sum_m weights[q, m] * codes[i, m]`` for codecs whose tables are affine in the code values),
 with one table per query whatever the list: everything that depends on the list is folded into the
 per-probe constant and the per-row bias. Results are row positions; callers map them to ids.
 """
