@@ -10,7 +10,7 @@ from .errors import (
     UnknownIdError,
 )
 from .index import BaseIndex, FlatIndex, IVFIndex
-from .io import append, load, save
+from .storage import append, compact, load, migrate, save
 from .kmeans import KMeans
 from .quantizers import (
     OPQ,
@@ -30,5 +30,5 @@ __all__ = [
     "NotTrainedError", "SpecError", "UnknownIdError",
     "BaseIndex", "FlatIndex", "IVFIndex", "KMeans", "Quantizer", "ProductQuantizer", "OPQ", "ScalarQuantizer",
     "ResidualQuantizer", "AdditiveQuantizer", "CompositeQuantizer",
-    "load", "save", "append", "IndexSpec", "index_factory",
+    "load", "save", "append", "compact", "migrate", "IndexSpec", "index_factory",
 ]

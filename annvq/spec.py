@@ -56,8 +56,6 @@ class IndexSpec(BaseModel):
             raise ValueError("nbits: sq supports at most 8 bits")
         if self.nlist is None and self.coarse != "flat":
             raise ValueError("coarse: a tree coarse quantizer needs nlist (an IVF index)")
-        if self.nlist is None and self.rerank:
-            raise ValueError("rerank: re-ranking is available on IVF indexes (give nlist)")
         if self.nlist is not None and self.norm_bits != 8:
             raise ValueError("norm_bits: applies to flat indexes; an IVF index computes exact norms in memory")
         return self
@@ -167,7 +165,7 @@ def index_factory(d: int, spec: "IndexSpec | str | dict[str, Any]", metric: str 
     if spec.nlist is None:
         from .index.flat import FlatIndex
 
-        index = FlatIndex(codec, metric=metric, norm_bits=spec.norm_bits)
+        index = FlatIndex(codec, metric=metric, norm_bits=spec.norm_bits, rerank=spec.rerank)
     else:
         from .index.ivf import IVFIndex
 

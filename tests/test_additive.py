@@ -129,7 +129,7 @@ def test_shapes_dtypes_and_uint16_codes(data, kind):
     q = CODECS[kind](16, 2, 9).fit(x)  # 512 codewords per codebook -> uint16 codes
     codes = q.encode(x[:7])
     assert codes.shape == (7, 2) and codes.dtype == np.uint16 and int(codes.max()) < 512
-    assert q.code_size == 3
+    assert q.code_size == 4 == codes.nbytes // 7  # two uint16 sub-codes per vector
     xh = q.decode(codes)
     assert xh.shape == (7, 16) and xh.dtype == np.float32
     assert q.mse(x) < 0.5 * float(np.mean(np.sum((x - x.mean(0)) ** 2, axis=1)))

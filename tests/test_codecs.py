@@ -95,11 +95,15 @@ def test_encode_decode_nearest_codeword(trained):
         assert np.array_equal(codes[:, m], d.argmin(1))
 
 
-def test_code_size(trained):
-    _, (sq8, sq4, pq6, pq10, opq6) = trained
-    assert sq8.code_size == 32 and sq4.code_size == 16
-    assert pq6.code_size == 6 and pq10.code_size == 5 and opq6.code_size == 6
-    assert pq10.code_dtype == np.uint16
+def test_code_size_is_what_is_stored(trained):
+    x, codecs = trained
+    for q in codecs:
+        codes = q.encode(x[:7])
+        assert codes.nbytes == 7 * q.code_size  # bytes per vector actually held
+    sq8, sq4, pq6, pq10, opq6 = codecs
+    assert sq8.code_size == sq4.code_size == 32  # one byte per dimension, 4-bit levels included
+    assert pq6.code_size == pq6.M and opq6.code_size == opq6.M  # 6-bit sub-codes take a byte each
+    assert pq10.code_dtype == np.uint16 and pq10.code_size == 2 * pq10.M
 
 
 @pytest.mark.parametrize("i", range(len(CODECS)))

@@ -93,12 +93,14 @@ def test_remove_unknown_changes_nothing(data):
 def test_bad_inputs(data):
     x, xq = data
     idx = FlatIndex(ProductQuantizer(16, 4, 4))
-    with pytest.raises(NotTrainedError):
-        idx.add(x)
-    with pytest.raises(NotTrainedError):
+    raw = idx.add(x[:5])  # kept raw (exact) until the index is trained
+    assert idx.ntotal == 5 and not idx.is_trained
+    np.testing.assert_array_equal(idx.reconstruct_batch(raw), x[:5])
+    with pytest.raises(NotTrainedError, match="5 raw vectors"):
         idx.search(xq, 1)
+    idx.remove(raw)
     idx.train(x)
-    idx.add(x[:10])
+    assert list(idx.add(x[:10])[:2]) == [5, 6]  # automatic ids never reuse a deleted one
     with pytest.raises(DimensionError, match="expected dimension 16, got 8"):
         idx.add(x[:, :8])
     with pytest.raises(DimensionError):
@@ -115,7 +117,7 @@ def test_bad_inputs(data):
         with pytest.raises(InvalidInputError, match="k must be"):
             idx.search(xq, k)
     with pytest.raises(DuplicateIdError):
-        idx.add(x[:2], ids=[0, 1])
+        idx.add(x[:2], ids=[0, 5])
     with pytest.raises(DuplicateIdError):
         idx.add(x[:2], ids=[50, 50])
     with pytest.raises(InvalidInputError, match="2 ids for 3"):

@@ -15,6 +15,7 @@ ROUND_TRIP = [
     "IVF1024,PQ16x8",
     "IVF1024,OPQ16,PQ16x8",
     "IVF256_HKM,PQ8x8,Refine",
+    "PQ8x8,Refine",
     "IVF64,SQ8",
     "RQ7x8_N8",
     "AQ7x8_N32",
@@ -52,7 +53,6 @@ def test_fields():
     ("PQ8x17", "nbits"),
     ("SQ12", "nbits"),
     ("IVF0,PQ8x8", "nlist"),
-    ("PQ8x8,Refine", "rerank"),
     ("LSH64", "codec part"),
 ])
 def test_bad_specs_name_the_problem(text, names):

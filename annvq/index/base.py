@@ -1,22 +1,39 @@
-"""What every index shares: input checks, metrics, external ids, norms for additive codecs, persistence.
+"""What every index shares: a trained model plus a list of segments holding the vectors.
 
-An index *composes* a :class:`~annvq.quantizers.Quantizer`; subclasses decide where codes live and
-how a query visits them (``FlatIndex`` scans all, ``IVFIndex`` scans ``nprobe`` lists).
+An index *composes* a :class:`~annvq.quantizers.Quantizer` (and, for IVF, a coarse quantizer): that
+is its model, fixed after training. Its vectors live in segments (:mod:`annvq.index.segments`): sealed
+ones that never change but for deletion marks, and one growing segment that takes adds in O(batch).
+A search scans every segment into one top-k per query inside the kernels. Subclasses decide how
+vectors are encoded into rows and how a query visits a segment (``FlatIndex`` scans all rows,
+``IVFIndex`` the ``nprobe`` best lists).
+
+Before training, added vectors are kept raw (exact) and encoded when the index is trained, as a
+vector database takes inserts before it builds its index; searching needs a trained index.
 """
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .._threads import search_threads
 from .._validate import as_ids, as_vectors, check_k, check_metric, missing_ids
-from ..errors import DuplicateIdError, FormatError, InvalidInputError, NotTrainedError
+from ..errors import AnnvqError, DuplicateIdError, FormatError, InvalidInputError, NotTrainedError
+from ..kernels import exact_distances, topk_init
+from ..kernels.adc import topk_finish_batch
 from ..quantizers import Quantizer
+from .compaction import TieredMergePolicy
 from .norms import NormCodec
+from .params import FlatSearchParams, SearchParams, parse_params
+from .segments import ROW_BITS, ROW_MASK, GrowingSegment, MemoryVectors, Rows, Segment
 
 _INDEX_TYPES: dict[str, type["BaseIndex"]] = {}
+_MAX_ID = np.iinfo(np.int64).max
+_REENCODE_ROWS = 65536  # rows re-encoded at a time by a retrain
+SEAL_ROWS = 65536
 
 
 class BaseIndex(ABC):
@@ -24,29 +41,42 @@ class BaseIndex(ABC):
 
     ``metric``: ``"l2"`` (squared distances, ascending), ``"ip"`` (inner products, descending) or
     ``"cosine"`` (vectors normalised on the way in, cosine similarity, descending). External ids are
-    int64, unique, and stay attached to their vector across removals.
+    non-negative int64, unique, and stay attached to their vector across removals and merges.
+    ``rerank=True`` keeps the exact vectors (``Refine``): searches then re-rank the best
+    ``k_factor * k`` code candidates by exact distance. ``seal_rows`` bounds the growing segment;
+    ``merge_policy`` decides :meth:`compact`'s merges, run after every seal when ``auto_compact``.
     """
 
     index_type: ClassVar[str]
-    lazy_columns: ClassVar[tuple[str, ...]] = ()  # per-vector arrays left on disk by ``load``
-    keeps_norms: ClassVar[bool] = True  # store ||x^||^2 for codecs that need it (see NormCodec)
+    params_type: ClassVar[type[SearchParams]] = FlatSearchParams
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         if "index_type" in cls.__dict__:
             _INDEX_TYPES[cls.index_type] = cls
 
-    def __init__(self, codec: Quantizer, metric: str = "l2", norm_bits: int = 8) -> None:
+    def __init__(self, codec: Quantizer, metric: str = "l2", *, rerank: bool = False, k_factor: int = 4,
+                 norm_bits: int = 8, seal_rows: int = SEAL_ROWS, merge_policy: TieredMergePolicy | None = None,
+                 auto_compact: bool = True) -> None:
         if not isinstance(codec, Quantizer):
             raise InvalidInputError(f"codec must be a Quantizer, got {type(codec).__name__}")
         self.codec = codec
         self.d = codec.d
         self.metric = check_metric(metric)
-        self.norms = NormCodec(norm_bits) if self.keeps_norms and codec.needs_norm(self._codec_metric) else None
-        self.ids = np.empty(0, dtype=np.int64)
-        self._order: np.ndarray | None = None  # argsort of ids, rebuilt lazily after changes
+        self.rerank = bool(rerank)
+        self.k_factor = positive_int(k_factor, "k_factor")
+        self.norms = NormCodec(norm_bits) if self._stores_norms() else None
+        self.seal_rows = positive_int(seal_rows, "seal_rows")
+        self.merge_policy = merge_policy or TieredMergePolicy()
+        self.auto_compact = bool(auto_compact)
         self.spec: str | None = None  # set by index_factory so files and services can show it
-        self.source_path = None  # the HDF5 file this index was loaded from, if any
+        self.storage: Any = None  # the stored copy this index was loaded from or saved to (annvq.storage)
+        self.reencoded_from: str | None = None  # after a retrain: "exact" or "reconstructed"
+        self.segments: list[Segment] = []
+        self._growing = self._new_growing()
+        self._next_seg_id = 1
+        self._next_id = 0
+        self._fingerprint: str | None = None
 
     # --- facts ---------------------------------------------------------------------------------
     @property
@@ -54,8 +84,13 @@ class BaseIndex(ABC):
         return "l2" if self.metric == "l2" else "ip"
 
     @property
+    def nlist(self) -> int:
+        return 1
+
+    @property
     def ntotal(self) -> int:
-        return int(self.ids.shape[0])
+        """Live vectors (encoded, or raw while untrained)."""
+        return sum(s.nlive for s in self.segments) + self._growing.nlive
 
     @property
     def is_trained(self) -> bool:
@@ -64,180 +99,625 @@ class BaseIndex(ABC):
     def _extra_trained(self) -> bool:
         return True
 
+    def _stores_norms(self) -> bool:
+        """Whether rows carry a stored ||x_hat||^2 (additive codecs of a flat index under L2)."""
+        return False
+
+    def _needs_bias(self) -> bool:
+        """Whether every row has a scan bias even when nothing is deleted."""
+        return self.norms is not None
+
     @property
     def code_size(self) -> int:
-        """Bytes stored per vector: the codec's packed code plus the norm byte(s) when used."""
-        return self.codec.code_size + (self.norms.nbytes if self.norms is not None else 0)
+        """Bytes stored per vector: one code element per sub-code (1 or 2 bytes) plus the norm when kept."""
+        itemsize = np.dtype(self.codec.code_dtype).itemsize
+        return self.codec.M * itemsize + (self.norms.nbytes if self.norms is not None else 0)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Every live id (an O(ntotal) copy, in segment order)."""
+        parts = [s.ids[s.live_rows()] for s in self.segments]
+        parts.append(self._growing.ids[self._growing.live_slots()])
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+    def fingerprint(self) -> str:
+        """Hash of the trained model (codebooks, rotation, centroids and parameters): equal fingerprints
+        mean interchangeable codes."""
+        self._require_trained()
+        if self._fingerprint is None:
+            attrs, arrays = self.model_state()
+            h = hashlib.sha256(repr(sorted(attrs.items())).encode())
+            for name in sorted(arrays):
+                a = np.ascontiguousarray(arrays[name])
+                h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+                h.update(a.tobytes())
+            self._fingerprint = h.hexdigest()[:32]
+        return self._fingerprint
+
+    def memory_usage(self) -> dict[str, int]:
+        """Bytes held in memory: ``model``, ``sealed`` segments, ``growing`` segment and ``total``."""
+        _, arrays = self.model_state() if self.is_trained else ({}, {})
+        out = {"model": int(sum(np.asarray(a).nbytes for a in arrays.values())),
+               "sealed": sum(s.memory_usage() for s in self.segments), "growing": self._growing.memory_usage()}
+        out["total"] = sum(out.values())
+        return out
+
+    def info(self) -> dict[str, Any]:
+        """Facts for humans and services: spec, sizes, segments, deleted rows, memory."""
+        return {"type": self.index_type, "spec": self.spec, "metric": self.metric, "d": self.d,
+                "trained": self.is_trained, "ntotal": self.ntotal, "code_size": self.code_size,
+                "codec": type(self.codec).__name__, "rerank": self.rerank, "segments": len(self.segments),
+                "growing": self._growing.nlive, "deleted": sum(s.ndeleted for s in self.segments),
+                "memory_bytes": self.memory_usage()["total"]}
 
     # --- input handling ------------------------------------------------------------------------
-    def _prepare(self, x, name: str) -> np.ndarray:
+    def prepare(self, x: Any, name: str = "x") -> np.ndarray:
+        """``x`` checked and converted as this index stores it: float32 (n, d), finite, and unit-norm
+        under the cosine metric. Raises a subclass of AnnvqError naming the problem."""
         x = as_vectors(x, self.d, name)
         if self.metric == "cosine":
             n = np.linalg.norm(x, axis=1, keepdims=True)
             if (n == 0).any():
-                raise InvalidInputError(f"{name}: zero vector has no direction under the cosine metric (row {int(np.flatnonzero(n[:, 0] == 0)[0])})")
+                raise InvalidInputError(f"{name}: zero vector has no direction under the cosine metric "
+                                        f"(row {int(np.flatnonzero(n[:, 0] == 0)[0])})")
             x = np.ascontiguousarray(x / n, dtype=np.float32)
         return x
 
     def _require_trained(self) -> None:
         if not self.is_trained:
-            raise NotTrainedError(f"{type(self).__name__} is not trained: call train() first")
+            raise NotTrainedError(f"{type(self).__name__} is not trained ({self.ntotal} raw vectors waiting): "
+                                  "call train() first")
 
-    def _sorted_ids(self) -> np.ndarray:
-        """Stored ids in ascending order (the argsort is cached until the next add or remove)."""
-        if self._order is None:
-            self._order = np.argsort(self.ids, kind="stable")
-        return self.ids[self._order]
+    def _view(self) -> list[Segment | GrowingSegment]:
+        """The segments a search or lookup visits, in label order (sealed, then the growing one)."""
+        return [*self.segments, self._growing] if self._growing.n else list(self.segments)
 
-    def _present(self, ids: np.ndarray) -> np.ndarray:
-        """Boolean mask: which of ``ids`` are stored (binary search, no per-call hashing of all ids)."""
-        sorted_ids = self._sorted_ids()
-        if sorted_ids.shape[0] == 0:
-            return np.zeros(ids.shape[0], dtype=bool)
-        pos = np.minimum(np.searchsorted(sorted_ids, ids), sorted_ids.shape[0] - 1)
-        return sorted_ids[pos] == ids
+    def locate(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(segment position, row)`` of each id in :meth:`_view` order; -1, -1 where absent."""
+        ids = as_id_array(ids)
+        seg = np.full(ids.shape[0], -1, dtype=np.int64)
+        row = np.full(ids.shape[0], -1, dtype=np.int64)
+        todo = np.arange(ids.shape[0])
+        for pos, s in enumerate(self._view()):
+            if not todo.size:
+                break
+            r = s.lookup(ids[todo])
+            hit = r >= 0
+            seg[todo[hit]], row[todo[hit]] = pos, r[hit]
+            todo = todo[~hit]
+        return seg, row
 
-    def _rows_of(self, ids) -> np.ndarray:
-        """Row positions of external ``ids``; raises UnknownIdError naming the missing ones."""
-        ids = np.atleast_1d(np.asarray(ids))
-        if ids.dtype.kind not in "iu":
-            raise InvalidInputError(f"ids: expected integers, got dtype {ids.dtype}")
-        ids = ids.astype(np.int64).reshape(-1)
-        found = self._present(ids)
-        if not found.all():
-            missing_ids(ids, ids[found])
-        return self._order[np.searchsorted(self._sorted_ids(), ids)]
+    def contains(self, ids: Any) -> np.ndarray:
+        """Boolean mask: which of ``ids`` are stored (live)."""
+        return self.locate(ids)[0] >= 0
 
-    def _ids_of_rows(self, rows: np.ndarray) -> np.ndarray:
-        """External ids of row positions, keeping -1 (no result) as -1."""
-        if self.ntotal == 0:
-            return np.full(rows.shape, -1, dtype=np.int64)
-        return np.where(rows >= 0, self.ids[np.maximum(rows, 0)], -1)
+    def next_free_ids(self, n: int) -> np.ndarray:
+        """The ids ``add(x)`` would give ``n`` new vectors: counting up from one past the largest id ever
+        added; when that would pass 2**63 - 1, the smallest ids not in use."""
+        if self._next_id + n - 1 <= _MAX_ID:
+            return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        used = np.sort(self.ids)
+        free: list[np.ndarray] = []
+        prev, need = -1, n
+        for u in [*used.tolist(), _MAX_ID + 1]:
+            gap = u - prev - 1
+            if gap > 0:
+                take = min(gap, need)
+                free.append(np.arange(prev + 1, prev + 1 + take, dtype=np.int64))
+                need -= take
+                if not need:
+                    return np.concatenate(free)
+            prev = u
+        raise InvalidInputError(f"ids: fewer than {n} unused ids remain")
 
-    def _new_ids(self, ids, n: int) -> np.ndarray:
+    def _new_ids(self, ids: Any, n: int) -> np.ndarray:
         if ids is None:
-            start = int(self.ids.max()) + 1 if self.ntotal else 0
-            return np.arange(start, start + n, dtype=np.int64)
+            return self.next_free_ids(n)
         ids = as_ids(ids, n)
-        clash = ids[self._present(ids)]
+        if ids.size and ids.min() < 0:
+            raise InvalidInputError("ids: must be non-negative (-1 marks an empty result slot)")
+        clash = ids[self.contains(ids)]
         if clash.size:
             raise DuplicateIdError(f"ids already in the index: {', '.join(map(str, clash[:10]))}")
         return ids
 
-    def _norm_values(self, codes: np.ndarray) -> np.ndarray:
-        xh = self.codec.decode(codes)
-        return np.einsum("ij,ij->i", xh, xh)
-
     # --- the public API ------------------------------------------------------------------------
-    def train(self, x) -> "BaseIndex":
-        """Train the codec (and any coarse quantizer) on ``x``."""
-        x = self._prepare(x, "x")
-        self._train(x)
-        if self.norms is not None:
-            self.norms.fit(self._norm_values(self.codec.encode(x)))
+    def train(self, x: Any = None) -> "BaseIndex":
+        """Train the model on ``x`` (default: the raw vectors added so far, or the kept exact vectors).
+
+        An index that already holds vectors is retrained: a new model is trained and every vector is
+        re-encoded, from its exact value where the index has it (raw vectors, ``Refine``), otherwise
+        from its reconstruction; :attr:`reencoded_from` tells which.
+        """
+        if not self.ntotal:  # nothing to re-encode: train this model (and the codec given to it) in place
+            if x is None:
+                x = self._exact_training_vectors()
+            self._fit_model(self.prepare(x, "x"))
+            return self
+        new = self.retrained(x)
+        storage = self.storage
+        vars(self).update(vars(new))
+        self.storage = storage
         return self
 
-    def add(self, x, ids=None) -> np.ndarray:
-        """Encode and store vectors; returns their external ids (0.. upward when ``ids`` is None)."""
-        self._require_trained()
-        x = self._prepare(x, "x")
+    def retrained(self, x: Any = None) -> "BaseIndex":
+        """A new index with a model trained on ``x`` and this index's vectors re-encoded (see :meth:`train`).
+
+        Reads only sealed segments and the growing segment's rows present when called, so it may run
+        outside any lock while writes continue on this index (they must then be replayed on the result).
+        """
+        if x is None:
+            x = self._exact_training_vectors()
+        x = self.prepare(x, "x")
+        new = self.empty_like()
+        new._fit_model(x)
+        new._next_id, new._next_seg_id = self._next_id, self._next_seg_id
+        source = None
+        for ids, vectors, exact in self.iter_vectors():
+            new._add_rows(new._encode(vectors, ids))
+            source = "exact" if exact else "reconstructed"
+        new.reencoded_from = source
+        new._next_id = self._next_id
+        return new
+
+    def _fit_model(self, x: np.ndarray) -> None:
+        """Train the model of an empty index on prepared vectors."""
+        self._train_model(x)
+        if self.norms is not None:
+            self.norms.fit(self._norm_values(self.codec.encode(x)))
+        self._growing = self._new_growing()
+        self._fingerprint = None
+
+    def _exact_training_vectors(self) -> np.ndarray:
+        parts = [x for _, x, exact in self.iter_vectors() if exact]
+        if not parts:
+            raise InvalidInputError("train: no training vectors given and the index holds no exact vectors "
+                                    "to train on (add vectors before training, or pass x)")
+        return np.concatenate(parts)
+
+    def empty_like(self) -> "BaseIndex":
+        """An untrained, empty index with the same type, codec parameters and options."""
+        new = self._construct_like()
+        new.spec, new.seal_rows, new.merge_policy, new.auto_compact = (
+            self.spec, self.seal_rows, self.merge_policy, self.auto_compact)
+        return new
+
+    def iter_vectors(self, batch: int = _REENCODE_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
+        """``(ids, vectors, exact)`` batches of every live vector: exact ones where the index keeps them
+        (raw, or ``Refine``), else reconstructions from the codes."""
+        growing = self._growing
+        for seg in [*self.segments, growing]:
+            rows = seg.live_rows() if isinstance(seg, Segment) else growing.live_slots()
+            for s in range(0, rows.shape[0], batch):
+                r = rows[s : s + batch]
+                if self._keeps_vectors():
+                    x = seg.vectors.read(r) if isinstance(seg, Segment) else growing.read_vectors(r)
+                    yield seg.ids[r], x, True
+                else:
+                    yield seg.ids[r], self._decode_rows(seg.codes[r], seg.lists_of(r)), False
+
+    def _keeps_vectors(self) -> bool:
+        """Whether rows carry exact vectors: raw rows before training, and ``Refine`` indexes."""
+        return self.rerank or not self.is_trained
+
+    def add(self, x: Any, ids: Any = None) -> np.ndarray:
+        """Store vectors; returns their external ids (counting up when ``ids`` is None).
+
+        Before training they are kept raw and encoded by :meth:`train`. Costs O(len(x)) whatever the
+        size of the index.
+        """
+        x = self.prepare(x, "x")
         new_ids = self._new_ids(ids, x.shape[0])
-        self._add(x, new_ids)
-        self._order = None
+        self._add_rows(self._encode(x, new_ids))
         return new_ids
 
-    def search(self, xq, k: int = 10, **params: Any) -> tuple[np.ndarray, np.ndarray]:
+    def _add_rows(self, rows: Rows) -> None:
+        self._next_id = max(self._next_id, int(rows.ids.max()) + 1)
+        if rows.ids.shape[0] >= self.seal_rows:
+            order = np.argsort(rows.lists, kind="stable")
+            offsets = np.concatenate([[0], np.cumsum(np.bincount(rows.lists, minlength=self._nlist_now()))])
+            self._append_segment(self._segment_from_rows(rows.take(order), offsets.astype(np.int64)))
+            return
+        self._growing.append(rows)
+        if self._growing.n >= self.seal_rows:
+            self.seal()
+
+    def _segment_from_rows(self, rows: Rows, offsets: np.ndarray) -> Segment:
+        seg_id = self._next_seg_id
+        self._next_seg_id += 1
+        return Segment(seg_id, rows.ids, rows.codes, offsets, rows.bias, rows.norms,
+                       None if rows.vectors is None else MemoryVectors(rows.vectors))
+
+    def _append_segment(self, seg: Segment) -> None:
+        self.segments.append(seg)
+        if self.auto_compact:
+            self.compact()
+
+    def seal(self) -> Segment | None:
+        """Turn the growing segment into a sealed one (None when it holds nothing)."""
+        g = self._growing
+        if not g.n:
+            return None
+        self._growing = self._new_growing()
+        if not g.nlive:
+            return None
+        seg = g.seal(self._next_seg_id, self._needs_bias())
+        self._next_seg_id += 1
+        self._append_segment(seg)
+        return seg
+
+    def _new_growing(self) -> GrowingSegment:
+        trained = self.is_trained
+        return GrowingSegment(self._nlist_now(), self.codec.M if trained else 0,
+                              self.codec.code_dtype if trained else np.uint8, self.d, self._keeps_vectors(),
+                              self.norms.dtype if self.norms is not None and trained else None)
+
+    def _nlist_now(self) -> int:
+        """Lists of the rows being stored: ``nlist`` once trained, one list of raw rows before."""
+        return self.nlist if self.is_trained else 1
+
+    def search(self, xq: Any, k: int = 10, params: SearchParams | dict[str, Any] | None = None,
+               **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
         """``(D, I)`` of shape (nq, k): distances and external ids, best first; -1 ids pad short results.
 
-        L2 gives squared distances (ascending); ip and cosine give similarities (descending).
+        L2 gives squared distances (ascending); ip and cosine give similarities (descending). Search
+        parameters come as ``params`` (this index type's :attr:`params_type`, or a dict) or keywords.
         """
+        p = parse_params(self.params_type, params, kwargs, f"a {self.index_type} index")
         self._require_trained()
         k = check_k(k)
-        xq = self._prepare(xq, "xq")
+        xq = self.prepare(xq, "xq")
+        rerank = self.rerank if p.rerank is None else p.rerank
+        if rerank and not self.rerank:
+            raise InvalidInputError("rerank: this index keeps no exact vectors (build it with Refine)")
+        kk = k * (p.k_factor or self.k_factor) if rerank else k
+        view = self._view()
         with search_threads(xq.shape[0]):
-            D, I = self._search(xq, k, **params)
+            rd, ri, cnt, thresh = topk_init(xq.shape[0], kk)
+            self._scan(xq, view, (rd, ri, cnt, thresh), kk, p)
+            D, L = topk_finish_batch(rd, ri, cnt, kk)
+            if rerank:
+                D, L = self._rerank(xq, view, L, k)
+        I = _ids_of_labels(view, L)
         if self.metric != "l2":
             D = -D
         D[I < 0] = np.inf if self.metric == "l2" else -np.inf
         return D, I
 
-    def remove(self, ids) -> int:
-        """Delete vectors by external id; unknown ids raise before anything changes. Returns the count."""
-        rows = self._rows_of(ids)
-        if np.unique(rows).shape[0] != rows.shape[0]:
+    def _rerank(self, xq: np.ndarray, view: list, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact distances of the candidate labels; the best ``k`` per query."""
+        where = np.full(labels.shape, -1, dtype=np.int64)
+        parts, base = [], 0
+        segpos = np.where(labels >= 0, labels >> ROW_BITS, -1)
+        for pos, seg in enumerate(view):
+            mask = segpos == pos
+            if not mask.any():
+                continue
+            rows, inv = np.unique(labels[mask] & ROW_MASK, return_inverse=True)
+            parts.append(seg.vectors.read(rows) if isinstance(seg, Segment) else seg.read_vectors(rows))
+            where[mask] = base + inv
+            base += rows.shape[0]
+        vectors = np.concatenate(parts) if parts else np.empty((0, self.d), np.float32)
+        dist = exact_distances(xq, vectors, where, self.metric != "l2")
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        D = np.take_along_axis(dist, order, axis=1)
+        L = np.where(np.isfinite(D), np.take_along_axis(labels, order, axis=1), -1)
+        if D.shape[1] < k:
+            pad = k - D.shape[1]
+            D = np.pad(D, ((0, 0), (0, pad)), constant_values=np.inf)
+            L = np.pad(L, ((0, 0), (0, pad)), constant_values=-1)
+        return D, L
+
+    def remove(self, ids: Any) -> int:
+        """Delete vectors by external id; unknown or repeated ids raise before anything changes.
+
+        Costs O(len(ids) * segments): the rows are marked deleted, and merges reclaim their space.
+        """
+        ids = as_id_array(ids)
+        if np.unique(ids).shape[0] != ids.shape[0]:
             raise InvalidInputError("ids: repeated ids in one remove call")
-        keep = np.ones(self.ntotal, dtype=bool)
-        keep[rows] = False
-        self._keep_rows(keep)
-        self._order = None
-        return int(rows.shape[0])
+        seg, row = self.locate(ids)
+        if (seg < 0).any():
+            missing_ids(ids, ids[seg >= 0])
+        view = self._view()
+        for pos in np.unique(seg):
+            view[pos].delete_rows(row[seg == pos])
+        return int(ids.shape[0])
 
     def reconstruct(self, id: int) -> np.ndarray:
         """Decoded vector (d,) for one external id."""
         return self.reconstruct_batch([id])[0]
 
-    def reconstruct_batch(self, ids) -> np.ndarray:
-        self._require_trained()
-        return self._reconstruct_rows(self._rows_of(ids))
+    def reconstruct_batch(self, ids: Any) -> np.ndarray:
+        """Vectors for ``ids``: decoded from their codes (raw vectors while untrained)."""
+        ids = as_id_array(ids)
+        seg, row = self.locate(ids)
+        if (seg < 0).any():
+            missing_ids(ids, ids[seg >= 0])
+        out = np.empty((ids.shape[0], self.d), dtype=np.float32)
+        view = self._view()
+        for pos in np.unique(seg):
+            s, r = view[pos], row[seg == pos]
+            if not self.is_trained:
+                out[seg == pos] = s.vectors.read(r) if isinstance(s, Segment) else s.read_vectors(r)
+            else:
+                out[seg == pos] = self._decode_rows(s.codes[r], s.lists_of(r))
+        return out
 
-    def save(self, path) -> None:
-        """Write the index to an HDF5 file (atomically; see :mod:`annvq.io`)."""
-        from ..io import save
+    def compact(self, full: bool = False) -> int:
+        """Merge sealed segments as the merge policy says (all into one when ``full``, which seals the
+        growing segment first); returns how many merges ran."""
+        if full:
+            self.seal()
+        groups = self.merge_policy.plan(self.segments, full=full)
+        for group in groups:
+            members = [self.segments[i] for i in group]
+            self.commit_merge(members, self.merge_segments(members))
+        return len(groups)
 
-        save(self, path)
+    def plan_compaction(self, full: bool = False) -> list[list[Segment]]:
+        """The merges :meth:`compact` would run, as groups of sealed segments."""
+        return [[self.segments[i] for i in g] for g in self.merge_policy.plan(self.segments, full=full)]
+
+    def merge_segments(self, group: list[Segment]) -> Segment:
+        """One sealed segment with the live rows of ``group``, in list order. Reads only; safe outside
+        a lock while writes continue (pass the result to :meth:`commit_merge`)."""
+        parts = [(s, s.live_rows()) for s in group]
+        lists = np.concatenate([s.lists()[r] for s, r in parts])
+        order = np.argsort(lists, kind="stable")
+        cat = lambda f: np.concatenate([f(s, r) for s, r in parts])[order]  # noqa: E731
+        ids = cat(lambda s, r: s.ids[r])
+        codes = cat(lambda s, r: s.codes[r])
+        bias = cat(lambda s, r: s.bias[r]) if self._needs_bias() else np.empty(0, np.float32)
+        norms = cat(lambda s, r: s.norms[r]) if self.norms is not None and self.is_trained else None
+        vectors = MemoryVectors(cat(lambda s, r: s.vectors.read(r))) if self._keeps_vectors() else None
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=group[0].nlist))]).astype(np.int64)
+        seg_id = self._next_seg_id
+        self._next_seg_id += 1
+        return Segment(seg_id, ids, codes, offsets, bias, norms, vectors)
+
+    def commit_merge(self, group: list[Segment], merged: Segment) -> None:
+        """Replace ``group`` by ``merged``, carrying over the deletes made since the merge was built."""
+        for s in group:
+            dead = s.dead_rows()
+            if dead.size:
+                rows = merged.lookup(s.ids[dead])
+                if (rows >= 0).any():
+                    merged.delete_rows(rows[rows >= 0])
+        pos = min(self.segments.index(s) for s in group)
+        kept = [s for s in self.segments if all(s is not g for g in group)]
+        kept.insert(min(pos, len(kept)), merged)
+        self.segments = [s for s in kept if s.n]
+
+    def frozen(self) -> "BaseIndex":
+        """A read-only view of the current vectors for background work (retraining): the growing segment
+        is sealed, and the view shares the sealed segments with this index."""
+        self.seal()
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view.segments = list(self.segments)
+        view._growing = self._new_growing()
+        return view
+
+    def save(self, path: Any) -> Any:
+        """Write the index to a directory (see :mod:`annvq.storage`); to its own directory, only what
+        changed since the last save is written. Returns what was written (files, bytes)."""
+        from ..storage import save
+
+        return save(self, path)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(codec={self.codec!r}, metric={self.metric!r}, ntotal={self.ntotal})"
 
-    # --- what subclasses provide ---------------------------------------------------------------
-    @abstractmethod
-    def _train(self, x: np.ndarray) -> None: ...
-
-    @abstractmethod
-    def _add(self, x: np.ndarray, ids: np.ndarray) -> None: ...
-
-    @abstractmethod
-    def _search(self, xq: np.ndarray, k: int, **params: Any) -> tuple[np.ndarray, np.ndarray]: ...
-
-    @abstractmethod
-    def _keep_rows(self, keep: np.ndarray) -> None: ...
-
-    @abstractmethod
-    def _reconstruct_rows(self, rows: np.ndarray) -> np.ndarray: ...
-
-    # persistence protocol used by annvq.io: fixed attrs/arrays and per-vector columns
-    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        attrs: dict[str, Any] = {"metric": self.metric, "d": self.d, "spec": self.spec or ""}
-        arrays: dict[str, np.ndarray] = {}
+    # --- persistence: the model, and segments from stored columns --------------------------------
+    def model_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """``(attrs, arrays)`` describing the model: index parameters, codec state, coarse arrays."""
+        params, codec_arrays = self.codec.get_state()
+        attrs: dict[str, Any] = {"index_type": self.index_type, "metric": self.metric, "d": self.d,
+                                 "spec": self.spec or "", "rerank": self.rerank, "k_factor": self.k_factor,
+                                 "codec": params, **self._extra_attrs()}
         if self.norms is not None:
             attrs.update(norm_bits=self.norms.nbits, norm_min=self.norms.vmin, norm_max=self.norms.vmax)
+        arrays = {f"codec_{k}": v for k, v in codec_arrays.items()}
+        arrays.update(self._extra_arrays())
         return attrs, arrays
 
+    def untrained_state(self) -> dict[str, Any]:
+        """Parameters of an untrained index (codec parameters without learned arrays)."""
+        return {"index_type": self.index_type, "metric": self.metric, "d": self.d, "spec": self.spec or "",
+                "rerank": self.rerank, "k_factor": self.k_factor, "codec": {"kind": self.codec.kind,
+                                                                             **self.codec.get_params()},
+                "norm_bits": self.norms.nbits if self.norms is not None else None, **self._extra_attrs()}
+
+    @staticmethod
+    def from_state(attrs: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> "BaseIndex":
+        """An empty index from :meth:`model_state` (trained) or :meth:`untrained_state` (``arrays`` None).
+
+        Every parameter and array is checked; a bad one raises FormatError naming it.
+        """
+        if not isinstance(attrs, dict) or not isinstance(attrs.get("codec"), dict):
+            raise FormatError("index attributes: not a mapping with codec parameters")
+        cls = index_class(str(attrs.get("index_type")))
+        try:
+            if arrays is None:
+                codec = Quantizer.from_params(attrs["codec"])
+            else:
+                codec = Quantizer.from_state(attrs["codec"], {k[6:]: v for k, v in arrays.items()
+                                                              if k.startswith("codec_")})
+            index = cls._from_attrs(codec, attrs)
+            index.spec = str(attrs.get("spec") or "") or None
+            if int(attrs["d"]) != index.d:
+                raise FormatError(f"d={attrs['d']} does not match the codec's d={index.d}")
+            if arrays is not None:
+                index._set_extra_arrays(arrays)
+                if index.norms is not None:
+                    index.norms = NormCodec(int(attrs["norm_bits"]), float(attrs["norm_min"]),
+                                            float(attrs["norm_max"]))
+                    if not (np.isfinite(index.norms.vmin) and np.isfinite(index.norms.vmax)
+                            and index.norms.vmin <= index.norms.vmax):
+                        raise FormatError("norm range: not finite or min > max")
+                index._growing = index._new_growing()
+        except FormatError:
+            raise
+        except (KeyError, TypeError, ValueError, AnnvqError) as exc:
+            raise FormatError(f"index parameters: {type(exc).__name__}: {exc}") from None
+        return index
+
+    def segment_columns(self, seg: Segment) -> dict[str, Any]:
+        """What storage writes for a sealed segment: ids, codes, offsets, norms; vectors as a source."""
+        cols: dict[str, Any] = {"ids": seg.ids, "codes": seg.codes, "offsets": seg.offsets}
+        if seg.norms is not None:
+            cols["norms"] = seg.norms
+        if seg.vectors is not None:
+            cols["vectors"] = seg.vectors
+        return cols
+
+    def segment_from_columns(self, seg_id: int, cols: dict[str, Any], dead: np.ndarray) -> Segment:
+        """A sealed segment from stored columns (``vectors`` may be a lazy source), with every invariant
+        the scans rely on checked; raises FormatError naming the broken one."""
+        trained = self.is_trained
+        ids = _column(cols, "ids", np.int64, 1)
+        n = ids.shape[0]
+        if n and ids.min() < 0:
+            raise FormatError("ids: negative id stored")
+        if np.unique(ids).shape[0] != n:
+            raise FormatError("ids: repeated within a segment")
+        M = self.codec.M if trained else 0
+        codes = _column(cols, "codes", np.dtype(self.codec.code_dtype) if trained else np.uint8, 2)
+        if codes.shape != (n, M):
+            raise FormatError(f"codes: shape {codes.shape}, expected ({n}, {M})")
+        if trained and n and int(codes.max()) >= self.codec.ksub:
+            raise FormatError(f"codes: values >= {self.codec.ksub}")
+        offsets = _column(cols, "offsets", np.int64, 1)
+        nlist = self._nlist_now()
+        if offsets.shape != (nlist + 1,) or offsets[0] != 0 or offsets[-1] != n or (np.diff(offsets) < 0).any():
+            raise FormatError(f"offsets: not {nlist + 1} non-decreasing list offsets from 0 to {n}")
+        norms = None
+        if self.norms is not None and trained:
+            norms = _column(cols, "norms", np.dtype(self.norms.dtype), 1)
+            if norms.shape != (n,) or (norms.dtype.kind == "f" and not np.isfinite(norms).all()):
+                raise FormatError("norms: wrong shape or not finite")
+        vectors = cols.get("vectors")
+        if self._keeps_vectors():
+            if vectors is None:
+                raise FormatError("vectors: this index keeps exact vectors but the segment has none")
+            if isinstance(vectors, np.ndarray):
+                if vectors.shape != (n, self.d) or vectors.dtype != np.float32 or not np.isfinite(vectors).all():
+                    raise FormatError(f"vectors: expected finite float32 ({n}, {self.d})")
+                vectors = MemoryVectors(vectors)
+        elif vectors is not None:
+            raise FormatError("vectors: stored for an index that keeps none")
+        dead = np.asarray(dead)
+        if dead.size and (dead.dtype.kind not in "iu" or dead.min() < 0 or dead.max() >= n
+                          or (np.diff(dead) <= 0).any()):
+            raise FormatError("tombstones: not sorted, unique rows of the segment")
+        bias = self._bias_of(codes, offsets, norms) if trained else np.empty(0, np.float32)
+        return Segment(seg_id, ids, codes, offsets, bias, norms, vectors, dead.astype(np.int64))
+
+    def set_segments(self, segments: list[Segment], next_seg_id: int, next_id: int) -> None:
+        """Install loaded segments (ids must be unique across them) and the counters storage kept."""
+        all_ids = np.concatenate([s.ids[s.live_rows()] for s in segments]) if segments else np.empty(0, np.int64)
+        if np.unique(all_ids).shape[0] != all_ids.shape[0]:
+            raise FormatError("ids: the same id is live in two segments")
+        if segments and next_seg_id <= max(s.seg_id for s in segments):
+            raise FormatError("next segment id is not above the stored segments' ids")
+        if all_ids.size and next_id <= int(all_ids.max()) and next_id <= _MAX_ID:
+            raise FormatError("next id is not above the stored ids")
+        self.segments = segments
+        self._growing = self._new_growing()
+        self._next_seg_id, self._next_id = int(next_seg_id), int(next_id)
+
+    @property
+    def next_segment_id(self) -> int:
+        return self._next_seg_id
+
+    @property
+    def next_id(self) -> int:
+        return self._next_id
+
+    # --- what subclasses provide ---------------------------------------------------------------
     @abstractmethod
-    def _columns(self) -> dict[str, np.ndarray]:
-        """Per-vector arrays (first axis ntotal), in row order; always includes ``ids``."""
+    def _construct_like(self) -> "BaseIndex":
+        """An untrained, empty index with this one's constructor parameters."""
 
     @abstractmethod
-    def _encode_columns(self, x: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-vector arrays for new vectors, as ``_columns`` would hold them (used to append on disk)."""
+    def _train_model(self, x: np.ndarray) -> None:
+        """Train the codec (and any coarse quantizer) on prepared vectors."""
+
+    @abstractmethod
+    def _encode_trained(self, x: np.ndarray, ids: np.ndarray) -> Rows:
+        """Rows for prepared vectors with a trained model."""
+
+    def _encode(self, x: np.ndarray, ids: np.ndarray) -> Rows:
+        if not self.is_trained:
+            n = x.shape[0]
+            return Rows(ids, np.zeros(n, np.int64), np.empty((n, 0), np.uint8), np.empty(0, np.float32), None, x)
+        return self._encode_trained(x, ids)
+
+    @abstractmethod
+    def _bias_of(self, codes: np.ndarray, offsets: np.ndarray, norms: np.ndarray | None) -> np.ndarray:
+        """Per-row scan bias of stored rows (empty when the index needs none)."""
+
+    @abstractmethod
+    def _decode_rows(self, codes: np.ndarray, lists: np.ndarray) -> np.ndarray:
+        """Reconstructions of rows from their codes and list numbers."""
+
+    @abstractmethod
+    def _scan(self, xq: np.ndarray, view: list, state: tuple, k: int, params: SearchParams) -> None:
+        """Offer the rows of every segment of ``view`` to the reservoirs ``state`` (labels by position)."""
+
+    def _norm_values(self, codes: np.ndarray) -> np.ndarray:
+        xh = self.codec.decode(codes)
+        return np.einsum("ij,ij->i", xh, xh)
 
     @classmethod
-    def _restore(cls, codec: Quantizer, attrs: dict[str, Any], arrays: dict[str, np.ndarray], columns: dict[str, np.ndarray]) -> "BaseIndex":
-        idx = cls._construct(codec, attrs, arrays)
-        if idx.norms is not None:
-            if "norm_bits" not in attrs:
-                raise FormatError("file lacks the norm parameters this codec needs")
-            idx.norms = NormCodec(int(attrs["norm_bits"]), float(attrs["norm_min"]), float(attrs["norm_max"]))
-        idx.spec = attrs.get("spec") or None
-        idx._load_columns(columns)
-        return idx
-
-    @classmethod
     @abstractmethod
-    def _construct(cls, codec: Quantizer, attrs: dict[str, Any], arrays: dict[str, np.ndarray]) -> "BaseIndex": ...
+    def _from_attrs(cls, codec: Quantizer, attrs: dict[str, Any]) -> "BaseIndex":
+        """An index around ``codec`` with the parameters in ``attrs`` (as :meth:`model_state` wrote them)."""
 
-    @abstractmethod
-    def _load_columns(self, columns: dict[str, np.ndarray]) -> None: ...
+    def _extra_attrs(self) -> dict[str, Any]:
+        return {}
+
+    def _extra_arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def _set_extra_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`_extra_arrays` returned (coarse centroids...)."""
+
+
+def _column(cols: dict[str, Any], name: str, dtype: np.dtype, ndim: int) -> np.ndarray:
+    if name not in cols:
+        raise FormatError(f"{name}: missing")
+    a = cols[name]
+    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != ndim:
+        got = f"{a.dtype} {a.ndim}-D" if isinstance(a, np.ndarray) else type(a).__name__
+        raise FormatError(f"{name}: expected {np.dtype(dtype)} {ndim}-D, got {got}")
+    return a
+
+
+def _ids_of_labels(view: list, labels: np.ndarray) -> np.ndarray:
+    """External ids of result labels ((segment position << ROW_BITS) | row); -1 stays -1."""
+    out = np.full(labels.shape, -1, dtype=np.int64)
+    segpos = np.where(labels >= 0, labels >> ROW_BITS, -1)
+    for pos, seg in enumerate(view):
+        mask = segpos == pos
+        if mask.any():
+            out[mask] = seg.ids[labels[mask] & ROW_MASK]
+    return out
+
+
+def positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def as_id_array(ids: Any) -> np.ndarray:
+    """Ids to look up or delete, as a 1-D int64 array; non-integer input raises."""
+    arr = np.atleast_1d(np.asarray(ids))
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise InvalidInputError(f"ids: expected a 1-D sequence of integer ids, got {arr.dtype} of shape {arr.shape}")
+    return arr.astype(np.int64)
 
 
 def index_class(index_type: str) -> type[BaseIndex]:

@@ -5,74 +5,58 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
-from ..kernels import scan_topk_batch
+from ..kernels.adc import flat_scan
 from ..quantizers import Quantizer
 from .base import BaseIndex
+from .params import SearchParams
+from .segments import ROW_BITS, Rows
 
 
 class FlatIndex(BaseIndex):
-    """All codes in one contiguous array, scanned in full per query (parallel over queries)."""
+    """Codes scanned in full per query (parallel over queries), segment after segment.
+
+    Additive codecs (RQ, AQ) under L2 store ||x_hat||^2 per vector with ``norm_bits`` bits (8: a
+    uniform byte between the trained extremes; 32: a float), which the scan adds to the table sum.
+    """
 
     index_type = "flat"
 
-    def __init__(self, codec: Quantizer, metric: str = "l2", norm_bits: int = 8) -> None:
-        super().__init__(codec, metric, norm_bits)
-        self.codes = np.empty((0, codec.M), dtype=codec.code_dtype)
-        self.norm_codes = np.empty(0, dtype=self.norms.dtype if self.norms else np.float32)
-        self._bias = np.empty(0, dtype=np.float32)
+    def __init__(self, codec: Quantizer, metric: str = "l2", norm_bits: int = 8, **kw: Any) -> None:
+        super().__init__(codec, metric, norm_bits=norm_bits, **kw)
 
-    def _train(self, x: np.ndarray) -> None:
+    def _stores_norms(self) -> bool:
+        return self.codec.needs_norm(self._codec_metric)
+
+    def _construct_like(self) -> "FlatIndex":
+        return FlatIndex(type(self.codec)(**self.codec.get_params()), self.metric,
+                         self.norms.nbits if self.norms is not None else 8, rerank=self.rerank, k_factor=self.k_factor)
+
+    def _train_model(self, x: np.ndarray) -> None:
         self.codec.fit(x)
 
-    def _encode_columns(self, x: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
+    def _encode_trained(self, x: np.ndarray, ids: np.ndarray) -> Rows:
         codes = self.codec.encode(x)
-        cols = {"ids": ids, "codes": codes}
+        norms = bias = None
         if self.norms is not None:
-            cols["norms"] = self.norms.encode(self._norm_values(codes))
-        return cols
+            norms = self.norms.encode(self._norm_values(codes))
+            bias = self.norms.decode(norms)
+        return Rows(ids, np.zeros(len(ids), np.int64), codes,
+                    np.empty(0, np.float32) if bias is None else bias, norms, x if self.rerank else None)
 
-    def _add(self, x: np.ndarray, ids: np.ndarray) -> None:
-        cols = self._encode_columns(x, ids)
-        self.codes = np.concatenate([self.codes, cols["codes"]])
-        if self.norms is not None:
-            self.norm_codes = np.concatenate([self.norm_codes, cols["norms"]])
-            self._bias = np.concatenate([self._bias, self.norms.decode(cols["norms"])])
-        self.ids = np.concatenate([self.ids, ids])
+    def _bias_of(self, codes: np.ndarray, offsets: np.ndarray, norms: np.ndarray | None) -> np.ndarray:
+        return self.norms.decode(norms) if self.norms is not None else np.empty(0, np.float32)
 
-    def _search(self, xq: np.ndarray, k: int, **params: Any) -> tuple[np.ndarray, np.ndarray]:
+    def _decode_rows(self, codes: np.ndarray, lists: np.ndarray) -> np.ndarray:
+        return self.codec.decode(codes)
+
+    def _scan(self, xq: np.ndarray, view: list, state: tuple, k: int, params: SearchParams) -> None:
         tables = self.codec.lookup_tables(xq, self._codec_metric)
-        D, R = scan_topk_batch(tables, self.codes, self._bias, k)
-        return D, self._ids_of_rows(R)
-
-    def _keep_rows(self, keep: np.ndarray) -> None:
-        self.codes = np.ascontiguousarray(self.codes[keep])
-        self.ids = self.ids[keep]
-        if self.norms is not None:
-            self.norm_codes = self.norm_codes[keep]
-            self._bias = self._bias[keep]
-
-    def _reconstruct_rows(self, rows: np.ndarray) -> np.ndarray:
-        return self.codec.decode(self.codes[rows])
-
-    def _columns(self) -> dict[str, np.ndarray]:
-        cols = {"ids": self.ids, "codes": self.codes}
-        if self.norms is not None:
-            cols["norms"] = self.norm_codes
-        return cols
+        for pos, seg in enumerate(view):
+            n = seg.n
+            bias = seg.bias[:n] if seg.bias.size else seg.bias
+            flat_scan(tables, seg.codes[:n], bias, pos << ROW_BITS, *state, k)
 
     @classmethod
-    def _construct(cls, codec: Quantizer, attrs: dict[str, Any], arrays: dict[str, np.ndarray]) -> "FlatIndex":
-        return cls(codec, attrs["metric"], int(attrs.get("norm_bits", 8)))
-
-    def _load_columns(self, columns: dict[str, np.ndarray]) -> None:
-        codes = np.ascontiguousarray(columns["codes"], dtype=self.codec.code_dtype)
-        if codes.ndim != 2 or codes.shape[1] != self.codec.M:
-            raise FormatError(f"codes have shape {codes.shape}, expected (n, {self.codec.M})")
-        if codes.size and int(codes.max()) >= self.codec.ksub:
-            raise FormatError(f"codes hold values >= {self.codec.ksub}: the file is corrupt")
-        self.codes = codes
-        self.ids = np.asarray(columns["ids"], dtype=np.int64)
-        if self.norms is not None:
-            self.norm_codes = np.asarray(columns["norms"], dtype=self.norms.dtype)
-            self._bias = self.norms.decode(self.norm_codes)
+    def _from_attrs(cls, codec: Quantizer, attrs: dict[str, Any]) -> "FlatIndex":
+        return cls(codec, attrs["metric"], int(attrs.get("norm_bits") or 8), rerank=bool(attrs["rerank"]),
+                   k_factor=int(attrs["k_factor"]))

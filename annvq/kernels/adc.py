@@ -189,17 +189,15 @@ def topk_finish(rd, ri, cnt, k, out_d, out_i):
 
 
 @njit(cache=True, parallel=True)
-def scan_topk_batch(tables, codes, bias, k):
-    """Top-k rows (smallest ADC distance) for each query table of ``tables`` (nq, M, K): ``(D, R)``.
+def flat_scan(tables, codes, bias, base, rd, ri, cnt, thresh, k):
+    """Offer every code to each query's reservoir (see :func:`topk_init`), labels ``base + row``.
 
-    Parallel over queries. Codes are visited in blocks shared by a group of queries, so a block
-    stays in cache while the group scans it. ``R`` holds row positions, -1 padding short results.
+    Parallel over queries. Codes are visited in blocks shared by a group of queries, so a block stays
+    in cache while the group scans it. The reservoirs ``(rd, ri, cnt, thresh)`` carry over between
+    calls, so several code arrays (the segments of an index) fill one top-k per query.
     """
     nq = tables.shape[0]
     n = codes.shape[0]
-    rd, ri, cnt, thresh = topk_init(nq, k)
-    D = np.empty((nq, k), dtype=np.float32)
-    R = np.empty((nq, k), dtype=np.int64)
     has_bias = bias.shape[0] > 0
     block = 16384
     qchunk = 8
@@ -211,7 +209,24 @@ def scan_topk_batch(tables, codes, bias, k):
             s1 = min(n, s0 + block)
             b = bias[s0:s1] if has_bias else bias
             for q in range(q0, q1):
-                cnt[q], thresh[q] = scan_codes(tables[q], codes[s0:s1], b, 0.0, s0, rd[q], ri[q], cnt[q], thresh[q], k)
-        for q in range(q0, q1):
-            topk_finish(rd[q], ri[q], cnt[q], k, D[q], R[q])
+                cnt[q], thresh[q] = scan_codes(tables[q], codes[s0:s1], b, 0.0, base + s0, rd[q], ri[q], cnt[q],
+                                               thresh[q], k)
+
+
+@njit(cache=True, parallel=True)
+def topk_finish_batch(rd, ri, cnt, k):
+    """``(D, R)`` (nq, k) ascending from the reservoirs of :func:`topk_init`; +inf / -1 pad short rows."""
+    nq = rd.shape[0]
+    D = np.empty((nq, k), dtype=np.float32)
+    R = np.empty((nq, k), dtype=np.int64)
+    for q in prange(nq):
+        topk_finish(rd[q], ri[q], cnt[q], k, D[q], R[q])
     return D, R
+
+
+def scan_topk_batch(tables: np.ndarray, codes: np.ndarray, bias: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k rows (smallest ADC distance) of ``codes`` for each query table of ``tables`` (nq, M, K):
+    ``(D, R)``, row positions with -1 padding short results."""
+    rd, ri, cnt, thresh = topk_init(tables.shape[0], k)
+    flat_scan(tables, codes, bias, 0, rd, ri, cnt, thresh, k)
+    return topk_finish_batch(rd, ri, cnt, k)

@@ -1,14 +1,18 @@
 """Inverted-file kernels: choose the lists to probe (flat top-k or a tree descent), scan the probed
-lists of each query into one top-k reservoir, and compute exact distances for re-ranking.
+lists of each query into its top-k reservoir, and compute exact distances for re-ranking.
 
-Codes are stored sorted by list; list ``l`` occupies rows ``offsets[l]:offsets[l + 1]``. The distance of
-row ``i`` in list ``l`` to query ``q`` probed at position ``p`` is
+A segment's rows are grouped by list in *extents*: runs of consecutive rows of one list. List ``l``
+starts at extent ``head[l]`` (-1: empty) and extent ``e`` covers rows ``start[e]:start[e] + length[e]``,
+followed by extent ``next[e]`` (-1: the last). A sealed segment has one extent per list; a growing
+segment chains fixed-size chunks. The distance of row ``i`` of list ``l`` to query ``q`` probed at
+position ``p`` is
 
     consts[q, p] + bias[i] + sum_m tables[q, m, codes[i, m]]
 
 (or ``sum_m weights[q, m] * codes[i, m]`` for codecs whose tables are affine in the code values),
 with one table per query whatever the list: everything that depends on the list is folded into the
-per-probe constant and the per-row bias. Results are row positions; callers map them to ids.
+per-probe constant and the per-row bias (+inf for a deleted row, which is therefore never admitted).
+Results are labels ``base + row``; callers map them to ids.
 """
 from __future__ import annotations
 
@@ -31,24 +35,22 @@ def _linear_dists(w, codes, bias, const, out):
 
 
 @njit(cache=True, parallel=True)
-def ivf_scan(tables, weights, probes, consts, codes, offsets, bias, k):
-    """Top-k rows per query over its probed lists, parallel over queries; returns ``(D, R)`` ascending.
+def ivf_scan(tables, weights, probes, consts, codes, bias, head, start, length, nxt, base, rd, ri, cnt, thresh, k):
+    """Offer the rows of every probed list to each query's reservoir (see :func:`~annvq.kernels.adc.topk_init`).
 
-    The table sum of a code comes from ``tables`` (nq, M, K), or, when ``weights`` (nq, M) is not empty,
-    from the dot product of the code values with ``weights[q]`` (codecs whose tables are affine in the
-    code values: scalar quantization). ``probes`` (nq, nprobe) list numbers (-1 = skip), ``consts``
-    (nq, nprobe), ``bias`` (n,) or empty. ``R`` holds row positions (-1 pads short results).
+    Parallel over queries; the reservoirs carry over between calls, so the segments of an index fill
+    one top-k per query. The table sum of a code comes from ``tables`` (nq, M, K), or, when ``weights``
+    (nq, M) is not empty, from the dot product of the code values with ``weights[q]`` (scalar
+    quantization). ``probes`` (nq, nprobe) list numbers (-1 = skip), ``consts`` (nq, nprobe), ``bias``
+    (n,) or empty; ``head``/``start``/``length``/``nxt`` describe the extents (module docstring).
     """
     nq, nprobe = probes.shape
     linear = weights.shape[0] > 0
-    rd, ri, cnt, thresh = topk_init(nq, k)
-    D = np.empty((nq, k), dtype=np.float32)
-    R = np.empty((nq, k), dtype=np.int64)
     has_bias = bias.shape[0] > 0
     longest = 0
     if linear:
-        for l in range(offsets.shape[0] - 1):
-            longest = max(longest, offsets[l + 1] - offsets[l])
+        for e in range(length.shape[0]):
+            longest = max(longest, length[e])
     for q in prange(nq):
         dq, iq = rd[q], ri[q]
         c_, t_ = cnt[q], thresh[q]
@@ -57,16 +59,18 @@ def ivf_scan(tables, weights, probes, consts, codes, offsets, bias, k):
             l = probes[q, p]
             if l < 0:
                 continue
-            s0 = offsets[l]
-            s1 = offsets[l + 1]
-            b = bias[s0:s1] if has_bias else bias
-            if linear:
-                _linear_dists(weights[q], codes[s0:s1], b, consts[q, p], dist)
-                c_, t_ = admit(dist, s1 - s0, s0, dq, iq, c_, t_, k)
-            else:
-                c_, t_ = scan_codes(tables[q], codes[s0:s1], b, consts[q, p], s0, dq, iq, c_, t_, k)
-        topk_finish(dq, iq, c_, k, D[q], R[q])
-    return D, R
+            e = head[l]
+            while e >= 0:
+                s0 = start[e]
+                s1 = s0 + length[e]
+                b = bias[s0:s1] if has_bias else bias
+                if linear:
+                    _linear_dists(weights[q], codes[s0:s1], b, consts[q, p], dist)
+                    c_, t_ = admit(dist, s1 - s0, base + s0, dq, iq, c_, t_, k)
+                else:
+                    c_, t_ = scan_codes(tables[q], codes[s0:s1], b, consts[q, p], base + s0, dq, iq, c_, t_, k)
+                e = nxt[e]
+        cnt[q], thresh[q] = c_, t_
 
 
 @njit(cache=True, inline="always")
@@ -129,12 +133,12 @@ def tree_search(xq, cents, first, nchild, leaf, beam, nprobe, pool, use_ip):
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
-def exact_distances(xq, mem, disk, where, use_ip):
+def exact_distances(xq, vectors, where, use_ip):
     """Exact distances of each query to its candidates, parallel over queries.
 
-    ``where[q, j]`` >= 0 names row ``mem[where]``, <= -2 names row ``disk[-2 - where]``, and -1 an
-    empty slot (distance +inf). Squared L2, or the negated inner product when ``use_ip``. Allowing
-    reassociation lets the sums over dimensions vectorise.
+    ``where[q, j]`` >= 0 names row ``vectors[where]``; -1 is an empty slot (distance +inf). Squared
+    L2, or the negated inner product when ``use_ip``. Allowing reassociation lets the sums over
+    dimensions vectorise.
     """
     nq, kk = where.shape
     d = xq.shape[1]
@@ -142,17 +146,16 @@ def exact_distances(xq, mem, disk, where, use_ip):
     for q in prange(nq):
         for j in range(kk):
             w = where[q, j]
-            if w == -1:
+            if w < 0:
                 out[q, j] = np.inf
                 continue
-            v = mem[w] if w >= 0 else disk[-2 - w]
             s = np.float32(0.0)
             if use_ip:
                 for t in range(d):
-                    s -= xq[q, t] * v[t]
+                    s -= xq[q, t] * vectors[w, t]
             else:
                 for t in range(d):
-                    r = xq[q, t] - v[t]
+                    r = xq[q, t] - vectors[w, t]
                     s += r * r
             out[q, j] = s
     return out

@@ -51,8 +51,9 @@ class Quantizer(ABC):
 
     @property
     def code_size(self) -> int:
-        """Bytes per encoded vector, packed (ceil(M * nbits / 8)); excludes any norm an index stores."""
-        return (self.M * self.nbits + 7) // 8
+        """Bytes stored per encoded vector: ``M`` sub-codes of 1 byte (nbits <= 8) or 2 bytes (nbits <= 16);
+        excludes any norm an index stores. ``M * nbits`` is the information content."""
+        return self.M * np.dtype(self.code_dtype).itemsize
 
     @property
     def is_trained(self) -> bool:
@@ -126,17 +127,30 @@ class Quantizer(ABC):
         return {"kind": self.kind, **self.get_params()}, self._get_arrays()
 
     @staticmethod
-    def from_state(params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "Quantizer":
+    def from_params(params: dict[str, Any]) -> "Quantizer":
+        """An untrained codec from ``{"kind": ..., **get_params()}``; FormatError when they are invalid."""
         params = dict(params)
         kind = params.pop("kind", None)
-        cls = _REGISTRY.get(kind)
+        cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
         if cls is None:
             raise FormatError(f"unknown codec kind {kind!r}")
         try:
-            q = cls(**params)
+            return cls(**params)
+        except (TypeError, KeyError, ValueError, ArithmeticError, MemoryError) as exc:
+            raise FormatError(f"invalid stored {kind} codec parameters: {exc}") from None
+
+    @staticmethod
+    def from_state(params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "Quantizer":
+        """A trained codec from :meth:`get_state`'s output; every array must be finite and well shaped."""
+        q = Quantizer.from_params(params)
+        for name, a in arrays.items():
+            a = np.asarray(a)
+            if a.dtype.kind not in "fiu" or (a.dtype.kind == "f" and not np.isfinite(a).all()):
+                raise FormatError(f"invalid stored {q.kind} codec: array {name!r} is not finite numbers")
+        try:
             q._set_arrays(arrays)
         except (TypeError, KeyError, ValueError) as exc:
-            raise FormatError(f"invalid stored {kind} codec: {exc}") from None
+            raise FormatError(f"invalid stored {q.kind} codec: {type(exc).__name__}: {exc}") from None
         q._trained = True
         return q
 
