@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -132,39 +133,32 @@ def _human(nbytes: float) -> str:
     return f"{nbytes:.0f} B" if i == 0 else f"{nbytes:.1f} {units[i]}"
 
 
-def _search_params(index: Any, nprobe: Optional[int], rerank: Optional[bool], k_factor: Optional[int]) -> dict[str, Any]:
-    """Search keywords for ``index``; IVF-only options given to a flat index are an error."""
-    from .errors import InvalidInputError
-    from .index import IVFIndex
-
-    given = {k: v for k, v in (("nprobe", nprobe), ("rerank", rerank), ("k_factor", k_factor)) if v is not None}
-    if given and not isinstance(index, IVFIndex):
-        raise InvalidInputError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: only IVF indexes take these options")
-    return given
-
-
 # --- build ---------------------------------------------------------------------------------------
 @app.command()
 def build(
     data: Annotated[Path, typer.Argument(help=f"base vectors: {VECTOR_FILES}", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="index file to write (HDF5)", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="index directory to write", show_default=False)],
     index: Annotated[Optional[str], typer.Option("--index", "-i", help="index spec, e.g. IVF1024,PQ16x8 or OPQ16,PQ16x8 or IVF256,PQ8x8,Refine")] = None,
     metric: Annotated[str, typer.Option(help="l2, ip or cosine")] = "l2",
     learn: Annotated[Optional[Path], typer.Option(help="separate training vectors (default: a sample of DATA)")] = None,
     train_size: Annotated[int, typer.Option(min=1, help="training vectors drawn at random")] = 100_000,
     batch_size: Annotated[int, typer.Option(min=1, help="vectors encoded and appended per step")] = 65_536,
     resume: Annotated[bool, typer.Option(help="continue an interrupted build of OUT from its stored ntotal")] = False,
+    compact: Annotated[bool, typer.Option(help="merge the batches' segments into one at the end (fastest search)")] = True,
     force: Annotated[bool, typer.Option(help="overwrite OUT if it exists")] = False,
     seed: Annotated[int, typer.Option(help="seed of the training sample")] = 0,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Train an index on a sample and add DATA in batches, appending to OUT as it goes (resumable).
 
-    The trained, empty index is saved first; every batch is then appended in place, so an
-    interrupted build continues with --resume. Vector ids are row numbers in DATA.
+    The trained, empty index is saved first; every batch is then stored as a new segment, in time
+    proportional to the batch, so an interrupted build continues with --resume. At the end the
+    segments are merged into one (--no-compact skips it). Vector ids are row numbers in DATA.
     """
     import annvq
     from tqdm import tqdm
+
+    from .storage import IndexDirectory
 
     from .errors import DimensionError, InvalidInputError, SpecError
     from .spec import as_spec
@@ -188,6 +182,10 @@ def build(
                     raise SpecError("--index is required (e.g. --index IVF1024,PQ16x8)")
                 if out.exists() and not force:
                     raise InvalidInputError(f"{out} exists: pass --resume to continue it or --force to rebuild")
+                if out.exists() and force:
+                    if not out.is_dir() or not IndexDirectory.holds_index(out):
+                        raise InvalidInputError(f"{out} is not an annvq index directory; --force only replaces one")
+                    shutil.rmtree(out)
                 idx = annvq.index_factory(src.d, index, metric=metric)
                 if learn is not None:
                     lf = VectorFile(learn)
@@ -207,9 +205,16 @@ def build(
                     x = src.read(s, min(batch_size, src.n - s))
                     annvq.append(out, x, ids=np.arange(s, s + len(x)))
                     bar.update(len(x))
+            if compact:
+                typer.echo("merging segments", err=True)
+                annvq.compact(out)
         finally:
             src.close()
-        typer.echo(f"{out}: {src.n} vectors, {idx.spec}, {time.perf_counter() - t0:.1f} s, {_human(out.stat().st_size)}")
+        typer.echo(f"{out}: {src.n} vectors, {idx.spec}, {time.perf_counter() - t0:.1f} s, {_human(_dir_size(out))}")
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
 # --- search --------------------------------------------------------------------------------------
@@ -240,7 +245,7 @@ def _write_results(out: Optional[Path], D: np.ndarray, I: np.ndarray) -> None:
 
 @app.command()
 def search(
-    index_path: Annotated[Path, typer.Argument(metavar="INDEX", help="index file written by 'annvq build'", show_default=False)],
+    index_path: Annotated[Path, typer.Argument(metavar="INDEX", help="index written by 'annvq build'", show_default=False)],
     queries: Annotated[Path, typer.Argument(help="query vectors: .fvecs/.bvecs/.ivecs, .npy or ann-benchmarks .hdf5 (its 'test' set)", show_default=False)],
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="neighbours per query")] = 10,
     nprobe: Annotated[Optional[int], typer.Option(min=1, help="IVF lists visited per query (default: stored in the index)")] = None,
@@ -258,9 +263,8 @@ def search(
     with _user_errors():
         idx = annvq.load(index_path)
         xq = _read_queries(queries)
-        params = _search_params(idx, nprobe, rerank, k_factor)
         t = time.perf_counter()
-        D, I = idx.search(xq, k, **params)
+        D, I = idx.search(xq, k, nprobe=nprobe, rerank=rerank, k_factor=k_factor)
         elapsed = time.perf_counter() - t
         _write_results(out, D, I)
         typer.echo(f"{len(xq)} queries, k={k}: {elapsed:.3f} s ({len(xq) / max(elapsed, 1e-9):.0f} QPS)", err=True)
@@ -269,30 +273,50 @@ def search(
 # --- info ----------------------------------------------------------------------------------------
 @app.command()
 def info(
-    index_path: Annotated[Path, typer.Argument(metavar="INDEX", help="index file", show_default=False)],
+    index_path: Annotated[Path, typer.Argument(metavar="INDEX", help="index directory (or 0.1 file)", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
 ) -> None:
-    """Describe an index file: spec, metric, dimension, size, code size."""
+    """Describe an index: spec, metric, dimension, vectors, segments, code size, size on disk."""
     import annvq
-    from .index import IVFIndex
 
     with _user_errors():
         idx = annvq.load(index_path)
-        facts: dict[str, Any] = {
-            "file": str(index_path), "type": idx.index_type, "spec": idx.spec, "metric": idx.metric, "d": idx.d,
-            "ntotal": idx.ntotal, "code_size": idx.code_size, "trained": idx.is_trained,
-            "codec": type(idx.codec).__name__, "file_size": index_path.stat().st_size,
-        }
-        if isinstance(idx, IVFIndex):
-            sizes = idx.list_sizes()
-            facts.update(nlist=idx.nlist, coarse=idx.coarse.kind, nprobe=idx.nprobe, rerank=idx.rerank,
-                         largest_list=int(sizes.max()), empty_lists=int((sizes == 0).sum()))
+        facts: dict[str, Any] = {"path": str(index_path), **idx.info(), "disk_bytes": _dir_size(index_path)}
     if as_json:
         typer.echo(json.dumps(facts))
         return
     for key, value in facts.items():
-        shown = _human(value) if key == "file_size" else f"{value} bytes" if key == "code_size" else value
+        shown = _human(value) if key.endswith("_bytes") else f"{value} bytes" if key == "code_size" else value
         typer.echo(f"{key + ':':<14}{shown}")
+
+
+@app.command()
+def compact(
+    index_path: Annotated[Path, typer.Argument(metavar="INDEX", help="index directory", show_default=False)],
+    full: Annotated[bool, typer.Option("--full/--policy", help="merge every segment into one, or only what the "
+                                                                "tiered merge policy asks for")] = True,
+) -> None:
+    """Merge the segments of a stored index and drop its deleted rows (rewrites the merged segments)."""
+    import annvq
+
+    with _user_errors():
+        t = time.perf_counter()
+        stats = annvq.compact(index_path, full=full)
+        typer.echo(f"{index_path}: {len(annvq.load(index_path).segments)} segment(s); wrote {stats.files} file(s), "
+                   f"{_human(stats.bytes)} in {time.perf_counter() - t:.1f} s")
+
+
+@app.command()
+def migrate(
+    src: Annotated[Path, typer.Argument(help="single-file index written by annvq 0.1", show_default=False)],
+    dst: Annotated[Path, typer.Argument(help="index directory to create", show_default=False)],
+) -> None:
+    """Convert an annvq 0.1 single-file index into the directory format (the old file is left as it is)."""
+    import annvq
+
+    with _user_errors():
+        stats = annvq.migrate(src, dst)
+        typer.echo(f"{dst}: {annvq.load(dst).ntotal} vectors, {_human(stats.bytes)}")
 
 
 # --- bench and demo ------------------------------------------------------------------------------
@@ -314,7 +338,6 @@ def _evaluate(ds: Any, specs: list[str], nprobes: list[int], train_size: int, k:
     top R) and 10-recall@10 (overlap of the top 10 with the true top 10)."""
     import annvq
     from .datasets import knn_recall, recall_at
-    from .index import IVFIndex
 
     k = min(k, ds.train.shape[0])
     xt = ds.learn if ds.learn is not None else ds.train
@@ -327,9 +350,8 @@ def _evaluate(ds: Any, specs: list[str], nprobes: list[int], train_size: int, k:
         idx.train(xt)
         idx.add(ds.train)
         build_s = time.perf_counter() - t
-        settings: list[dict[str, Any]] = [{}]
-        if isinstance(idx, IVFIndex):
-            settings = [{"nprobe": p, "rerank": r} for r in ([False, True] if idx.rerank else [False]) for p in nprobes]
+        probes: list[Any] = nprobes if "nprobe" in idx.params_type.model_fields else [None]
+        settings = [{"nprobe": p, "rerank": r} for r in ([False, True] if idx.rerank else [False]) for p in probes]
         for params in settings:
             idx.search(ds.test[:nlat], k, **params)  # warm-up (and JIT) outside the timing
             t = time.perf_counter()
@@ -340,7 +362,7 @@ def _evaluate(ds: Any, specs: list[str], nprobes: list[int], train_size: int, k:
                 t = time.perf_counter()
                 idx.search(q, k, **params)
                 lat.append(time.perf_counter() - t)
-            row = {"spec": spec, "nprobe": params.get("nprobe", "-"), "rerank": params.get("rerank", False),
+            row = {"spec": spec, "nprobe": params["nprobe"] or "-", "rerank": params["rerank"],
                    "R@1": recall_at(I, ds.neighbors, 1), "R@10": recall_at(I, ds.neighbors, min(10, k)),
                    "R@100": recall_at(I, ds.neighbors, k), "10-recall@10": knn_recall(I, ds.neighbors, min(10, k)),
                    "qps": ds.test.shape[0] / elapsed, "p50_ms": 1e3 * float(np.median(lat)),

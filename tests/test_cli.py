@@ -2,6 +2,7 @@
 bench and demo, and the exit status and one-line message of every user error."""
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def sift(shared_data):
 @pytest.fixture(scope="module")
 def built(sift, tmp_path_factory):
     """One Refine IVF index built from the fvecs file in batches (several appends)."""
-    out = tmp_path_factory.mktemp("cli") / "sift.h5"
+    out = tmp_path_factory.mktemp("cli") / "sift"
     r = run("build", sift / "siftsmall_base.fvecs", "--index", "IVF16,PQ16x4,Refine", "-o", out,
             "--batch-size", 3000, "--train-size", 5000, "--no-progress")
     assert r.exit_code == 0, r.output
@@ -41,7 +42,8 @@ def built(sift, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("cmd", [[], ["build"], ["search"], ["info"], ["bench"], ["demo"], ["serve"]])
+@pytest.mark.parametrize("cmd", [[], ["build"], ["search"], ["info"], ["bench"], ["demo"], ["serve"], ["compact"],
+                                 ["migrate"]])
 def test_help_everywhere(cmd):
     r = run(*cmd, "--help")
     assert r.exit_code == 0 and "Usage" in r.stdout
@@ -50,9 +52,10 @@ def test_help_everywhere(cmd):
 def test_build_info_and_search_formats(built, sift, tmp_path):
     r = run("info", built)
     assert r.exit_code == 0
-    assert "ntotal:       10000" in r.stdout and "IVF16,PQ16x4,Refine" in r.stdout and "code_size:    8 bytes" in r.stdout
+    assert "ntotal:       10000" in r.stdout and "IVF16,PQ16x4,Refine" in r.stdout and "code_size:    16 bytes" in r.stdout
     facts = json.loads(run("info", built, "--json").stdout)
     assert facts["ntotal"] == 10000 and facts["nlist"] == 16 and facts["d"] == 128 and facts["rerank"] is True
+    assert facts["segments"] == 1  # the build's batches were merged
 
     queries = sift / "siftsmall_query.fvecs"
     gt = read_ivecs(sift / "siftsmall_groundtruth.ivecs")
@@ -81,7 +84,7 @@ def test_build_info_and_search_formats(built, sift, tmp_path):
 
 def test_build_resumes_an_interrupted_build(built, sift, tmp_path):
     base = sift / "siftsmall_base.fvecs"
-    out = tmp_path / "resumed.h5"
+    out = tmp_path / "resumed"
     # an interrupted build: same training (same sample seed), then only the first 4000 rows appended
     first = run("build", base, "--index", "IVF16,PQ16x4,Refine", "-o", out, "--batch-size", 4000,
                 "--train-size", 5000, "--no-progress")
@@ -105,13 +108,14 @@ def test_build_from_npy_with_learn_file(tmp_path):
     x = rng.normal(size=(1200, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     write_fvecs(tmp_path / "learn.fvecs", x[:500])
-    out = tmp_path / "ip.h5"
+    out = tmp_path / "ip"
     r = run("build", tmp_path / "x.npy", "-i", "PQ4x4", "-o", out, "--metric", "ip", "--learn",
             tmp_path / "learn.fvecs", "--batch-size", 500, "--no-progress")
     assert r.exit_code == 0, r.output
     idx = annvq.load(out)
     assert idx.metric == "ip" and idx.ntotal == 1200 and type(idx).__name__ == "FlatIndex"
-    assert_user_error(run("search", out, tmp_path / "x.npy", "--nprobe", 2), "only IVF indexes")
+    assert_user_error(run("search", out, tmp_path / "x.npy", "--nprobe", 2),
+                      "unknown search parameter(s) 'nprobe' for a flat index")
 
 
 def test_user_errors_exit_2_with_one_line(built, sift, tmp_path):
@@ -123,7 +127,9 @@ def test_user_errors_exit_2_with_one_line(built, sift, tmp_path):
     assert_user_error(run("build", sift / "siftsmall_groundtruth.ivecs", "-i", "PQ7", "-o", tmp_path / "b.h5"),
                       "multiple of M")
     (tmp_path / "junk.h5").write_bytes(b"not an index")
-    assert_user_error(run("info", tmp_path / "junk.h5"), "not a readable HDF5 file")
+    assert_user_error(run("info", tmp_path / "junk.h5"), "not an annvq index")
+    assert_user_error(run("compact", tmp_path / "nowhere"), "no index here")
+    assert_user_error(run("migrate", tmp_path / "junk.h5", tmp_path / "new"), "not an annvq index")
     assert_user_error(run("search", built, tmp_path / "q.txt"), "q.txt")
     write_fvecs(tmp_path / "q64.fvecs", np.zeros((2, 64), dtype=np.float32))
     assert_user_error(run("search", built, tmp_path / "q64.fvecs"), "dimension")
@@ -132,6 +138,26 @@ def test_user_errors_exit_2_with_one_line(built, sift, tmp_path):
     assert_user_error(run("bench", tmp_path / "nowhere", "-i", "PQ8"), "unknown dataset")
     r = run("search", built, sift / "siftsmall_query.fvecs", "-k", 0)  # typer's own range check
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_compact_and_migrate(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(900, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "idx"
+    r = run("build", tmp_path / "x.npy", "-i", "IVF4,PQ2x4", "-o", out, "--batch-size", 300, "--no-compact",
+            "--no-progress")
+    assert r.exit_code == 0, r.output
+    before = annvq.load(out)
+    assert len(before.segments) == 3
+    r = run("compact", out)
+    assert r.exit_code == 0 and "1 segment(s)" in r.stdout
+    after = annvq.load(out)
+    np.testing.assert_array_equal(after.search(x[:5], 4, nprobe=4)[0], before.search(x[:5], 4, nprobe=4)[0])
+    old = Path(__file__).parent / "data" / "v1_flat_rq.h5"
+    r = run("migrate", old, tmp_path / "migrated")
+    assert r.exit_code == 0 and "290 vectors" in r.stdout
+    assert annvq.load(tmp_path / "migrated").ntotal == 290
 
 
 def test_bench_on_annb_file(sift, tmp_path):

@@ -449,20 +449,21 @@ class BaseIndex(ABC):
         growing segment first); returns how many merges ran."""
         if full:
             self.seal()
-        groups = self.merge_policy.plan(self.segments, full=full)
-        for group in groups:
-            members = [self.segments[i] for i in group]
-            self.commit_merge(members, self.merge_segments(members))
+        groups = self.plan_compaction(full=full)
+        for members in groups:
+            self.commit_merge(members, *self.merge_segments(members))
         return len(groups)
 
     def plan_compaction(self, full: bool = False) -> list[list[Segment]]:
         """The merges :meth:`compact` would run, as groups of sealed segments."""
         return [[self.segments[i] for i in g] for g in self.merge_policy.plan(self.segments, full=full)]
 
-    def merge_segments(self, group: list[Segment]) -> Segment:
-        """One sealed segment with the live rows of ``group``, in list order. Reads only; safe outside
-        a lock while writes continue (pass the result to :meth:`commit_merge`)."""
+    def merge_segments(self, group: list[Segment]) -> tuple[Segment, list[np.ndarray]]:
+        """One sealed segment with the live rows of ``group``, in list order, and the deleted rows of each
+        member it saw. Reads only; safe outside a lock while writes continue (pass both to
+        :meth:`commit_merge`)."""
         parts = [(s, s.live_rows()) for s in group]
+        seen = [s.dead_rows() for s in group]
         lists = np.concatenate([s.lists()[r] for s, r in parts])
         order = np.argsort(lists, kind="stable")
         cat = lambda f: np.concatenate([f(s, r) for s, r in parts])[order]  # noqa: E731
@@ -474,16 +475,14 @@ class BaseIndex(ABC):
         offsets = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=group[0].nlist))]).astype(np.int64)
         seg_id = self._next_seg_id
         self._next_seg_id += 1
-        return Segment(seg_id, ids, codes, offsets, bias, norms, vectors)
+        return Segment(seg_id, ids, codes, offsets, bias, norms, vectors), seen
 
-    def commit_merge(self, group: list[Segment], merged: Segment) -> None:
-        """Replace ``group`` by ``merged``, carrying over the deletes made since the merge was built."""
-        for s in group:
-            dead = s.dead_rows()
-            if dead.size:
-                rows = merged.lookup(s.ids[dead])
-                if (rows >= 0).any():
-                    merged.delete_rows(rows[rows >= 0])
+    def commit_merge(self, group: list[Segment], merged: Segment, seen: list[np.ndarray]) -> None:
+        """Replace ``group`` by ``merged``, carrying over the rows deleted since the merge read them."""
+        for s, dead_then in zip(group, seen):
+            late = np.setdiff1d(s.dead_rows(), dead_then, assume_unique=True)
+            if late.size:
+                merged.delete_rows(merged.lookup(s.ids[late]))
         pos = min(self.segments.index(s) for s in group)
         kept = [s for s in self.segments if all(s is not g for g in group)]
         kept.insert(min(pos, len(kept)), merged)

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
-from ..index.base import BaseIndex
+from ..errors import AnnvqError, FormatError
+from ..index.base import BaseIndex, positive_int
+from ..index.compaction import TieredMergePolicy
 from ..index.segments import Segment
 from .h5 import FORMAT_VERSION, StoredFile, atomic_path, crc, dumps, fsync_dir, write_file
 
@@ -140,6 +141,12 @@ class IndexDirectory:
         if keep is None and index.ntotal != body["ntotal"]:
             raise self._fail(MANIFEST, f"ntotal {body['ntotal']} but the segments hold {index.ntotal} live vectors")
         self.user = body.get("user") if isinstance(body.get("user"), dict) else {}
+        options = body.get("options") or {}
+        try:
+            index.seal_rows = positive_int(options.get("seal_rows", index.seal_rows), "seal_rows")
+            index.merge_policy = TieredMergePolicy.model_validate(options.get("merge_policy") or {})
+        except (AnnvqError, ValueError) as exc:
+            raise self._fail(MANIFEST, f"options: {exc}") from None
         index.storage = self
         index.auto_compact = keep is None and index.auto_compact
         return index
@@ -223,7 +230,9 @@ class IndexDirectory:
                 self.user = dict(user)
             body: dict[str, Any] = {"format": DIR_FORMAT, "format_version": FORMAT_VERSION, "model": None,
                                     "untrained": None, "segments": [], "next_segment_id": index.next_segment_id,
-                                    "next_id": index.next_id, "ntotal": index.ntotal, "user": self.user}
+                                    "next_id": index.next_id, "ntotal": index.ntotal, "user": self.user,
+                                    "options": {"seal_rows": index.seal_rows,
+                                                "merge_policy": index.merge_policy.model_dump()}}
             if index.is_trained:
                 body["model"] = self._write_model(index, stats)
                 body["fingerprint"] = index.fingerprint()
