@@ -462,8 +462,8 @@ class BaseIndex(ABC):
         """One sealed segment with the live rows of ``group``, in list order, and the deleted rows of each
         member it saw. Reads only; safe outside a lock while writes continue (pass both to
         :meth:`commit_merge`)."""
-        parts = [(s, s.live_rows()) for s in group]
-        seen = [s.dead_rows() for s in group]
+        seen = [s.dead_rows() for s in group]  # one reading of each tombstone set, for live rows and commit
+        parts = [(s, np.setdiff1d(np.arange(s.n), dead, assume_unique=True)) for s, dead in zip(group, seen)]
         lists = np.concatenate([s.lists()[r] for s, r in parts])
         order = np.argsort(lists, kind="stable")
         cat = lambda f: np.concatenate([f(s, r) for s, r in parts])[order]  # noqa: E731
@@ -481,8 +481,9 @@ class BaseIndex(ABC):
         """Replace ``group`` by ``merged``, carrying over the rows deleted since the merge read them."""
         for s, dead_then in zip(group, seen):
             late = np.setdiff1d(s.dead_rows(), dead_then, assume_unique=True)
-            if late.size:
-                merged.delete_rows(merged.lookup(s.ids[late]))
+            rows = merged.lookup(s.ids[late]) if late.size else late
+            if (rows >= 0).any():
+                merged.delete_rows(rows[rows >= 0])
         pos = min(self.segments.index(s) for s in group)
         kept = [s for s in self.segments if all(s is not g for g in group)]
         kept.insert(min(pos, len(kept)), merged)
