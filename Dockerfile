@@ -17,7 +17,7 @@ RUN pip install ".[server]" \
     && mkdir -p /data \
     && chown annvq /data
 
-# settings come from ANNVQ_* variables (python -m server --help lists them all)
+# settings come from ANNVQ_* variables (python -m annvq_server --help lists them all)
 ENV ANNVQ_DATA_DIR=/data \
     ANNVQ_HOST=0.0.0.0 \
     ANNVQ_PORT=8000
@@ -28,4 +28,4 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"]
 # SIGTERM makes the service checkpoint every index before it exits
 STOPSIGNAL SIGTERM
-CMD ["python", "-m", "server"]
+CMD ["python", "-m", "annvq_server"]

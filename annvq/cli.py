@@ -455,9 +455,9 @@ def serve(
 ) -> None:
     """Start the REST service (needs the 'server' extra: fastapi, uvicorn)."""
     try:
-        from server.main import run
+        from annvq_server.main import run
     except ImportError as exc:
-        raise _fail(f"the REST service is not available ({exc}); install annvq[server] and run from a checkout that has server/") from None
+        raise _fail(f"the REST service is not available ({exc}); install annvq[server]") from None
     with _user_errors():
         run(host, port, None if data_dir is None else str(data_dir), api_key)
 

@@ -13,12 +13,13 @@ exact vectors on disk and re-ranks the top ``k_factor * k`` candidates with them
 """
 from __future__ import annotations
 
+import inspect
+import math
 import re
-from typing import Any, Literal
+import typing
+from typing import TYPE_CHECKING, Any, Literal
 
-from typing import TYPE_CHECKING
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from .errors import InvalidInputError, SpecError
 
@@ -29,10 +30,12 @@ if TYPE_CHECKING:
 CodecKind = Literal["sq", "pq", "opq", "rq", "aq", "cq"]
 ADDITIVE = ("rq", "aq", "cq")
 
-_CODEC_RE = re.compile(r"^(PQ|RQ|AQ|CQ)(\d+)(?:x(\d+))?(?:_N(\d+))?$")
-_SQ_RE = re.compile(r"^SQ(\d+)$")
-_IVF_RE = re.compile(r"^IVF(\d+)(_HKM)?$")
-_OPQ_RE = re.compile(r"^OPQ(\d+)$")
+_CODEC_RE = re.compile(r"^(PQ|RQ|AQ|CQ)([0-9]+)(?:x([0-9]+))?(?:_N([0-9]+))?$")
+_SQ_RE = re.compile(r"^SQ([0-9]+)$")
+_IVF_RE = re.compile(r"^IVF([0-9]+)(_HKM)?$")
+_OPQ_RE = re.compile(r"^OPQ([0-9]+)$")
+MAX_MODEL_BYTES = 4 << 30  # refuse specs whose codebooks and centroids would not fit in memory anyway
+_AT_LEAST_ONE = ("beam_size", "train_beam_size", "max_points_per_centroid", "max_train_points")
 
 
 class IndexSpec(BaseModel):
@@ -109,6 +112,13 @@ class IndexSpec(BaseModel):
             msgs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
             raise SpecError(f"invalid index spec: {msgs}") from None
 
+    def model_bytes(self, d: int) -> int:
+        """About how many bytes training learns for dimension ``d``: codebooks, OPQ rotation, IVF centroids."""
+        per_codebook = (1 << self.nbits) * (d if self.codec in ADDITIVE else (d // self.M if self.codec != "sq" else 1))
+        codebooks = per_codebook * (self.M if self.codec != "sq" else d)
+        rotation = d * d if self.codec == "opq" else 0
+        return 4 * (codebooks + rotation + (self.nlist or 0) * d)
+
     def to_string(self) -> str:
         """The compact string form; ``IndexSpec.parse(s.to_string()) == s`` (options aside)."""
         parts = []
@@ -145,6 +155,11 @@ def make_codec(spec: IndexSpec, d: int) -> "Quantizer":
     cls = _REGISTRY.get(spec.codec)
     if cls is None:
         raise SpecError(f"codec: {spec.codec!r} is not available in this build of annvq")
+    size = spec.model_bytes(d)
+    if size > MAX_MODEL_BYTES:
+        raise SpecError(f"index spec {spec.to_string()!r} for d={d}: its codebooks and centroids would take about "
+                        f"{size / 2**30:.1f} GiB (the limit is {MAX_MODEL_BYTES // 2**30} GiB)")
+    _check_options(cls, spec.options)
     kwargs: dict[str, Any] = dict(spec.options)
     if spec.codec != "sq":
         kwargs["M"] = spec.M
@@ -154,6 +169,25 @@ def make_codec(spec: IndexSpec, d: int) -> "Quantizer":
         raise SpecError(f"options: {exc}") from None
     except InvalidInputError as exc:
         raise SpecError(f"index spec {spec.to_string()!r} for d={d}: {exc}") from None
+
+
+def _check_options(cls: type, options: dict[str, Any]) -> None:
+    """Codec options must be constructor parameters of the right type (strictly: no "5" for 5) and sane
+    values: integers non-negative (beam sizes and caps at least 1), floats finite and non-negative."""
+    sig = inspect.signature(cls.__init__)
+    hints = typing.get_type_hints(cls.__init__)
+    allowed = [p for p in sig.parameters if p not in ("self", "d", "M", "nbits")]
+    for name, value in options.items():
+        if name not in allowed:
+            raise SpecError(f"options: {cls.__name__} has no option {name!r}; it takes: {', '.join(allowed)}")
+        try:
+            TypeAdapter(hints.get(name, Any)).validate_python(value, strict=True)
+        except ValidationError as exc:
+            raise SpecError(f"options.{name}: {exc.errors()[0]['msg']} (got {value!r})") from None
+        low = 1 if name in _AT_LEAST_ONE else 0
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not (
+                value >= low and (not isinstance(value, float) or math.isfinite(value))):
+            raise SpecError(f"options.{name}: must be a finite number >= {low}, got {value!r}")
 
 
 def index_factory(d: int, spec: "IndexSpec | str | dict[str, Any]", metric: str = "l2") -> "BaseIndex":

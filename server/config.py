@@ -36,6 +36,10 @@ class ServerConfig(BaseModel):
     checkpoint_ops: int = Field(1000, ge=1, description="checkpoint an index after this many logged operations")
     checkpoint_seconds: float = Field(60.0, gt=0, description="checkpoint an index with logged operations at least "
                                                              "this often")
+    checkpoint_backoff_seconds: float = Field(300.0, gt=0, description="longest wait before retrying a failed "
+                                                                       "checkpoint (waits double from 2 s)")
+    compaction_seconds: float = Field(10.0, gt=0, description="how often the background merge checks each index's "
+                                                              "segments against its merge policy")
     search_workers: int = Field(os.cpu_count() or 2, ge=1, description="threads running searches and reads")
     search_threads: int = Field(1, ge=1, description="Numba threads inside one search (1: requests run side by side "
                                                     "instead, without thread-team start-up waits on a busy machine)")
@@ -68,7 +72,7 @@ class ServerConfig(BaseModel):
 def build_parser() -> argparse.ArgumentParser:
     """``python -m server`` flags, one per :class:`ServerConfig` field (unset flags fall back to the environment)."""
     parser = argparse.ArgumentParser(
-        prog="python -m server",
+        prog="python -m annvq_server",
         description="annvq REST service: vector indexes with quantized codes over HTTP (docs at /docs).",
     )
     for name, field in ServerConfig.model_fields.items():

@@ -1,4 +1,6 @@
-"""Service errors and the HTTP status and error code each annvq exception maps to."""
+"""What can go wrong in the service, as domain exceptions, and the one table that maps them (and annvq's
+own errors) to HTTP statuses and error codes. The domain layer raises; only the app turns them into
+responses."""
 from __future__ import annotations
 
 from annvq.errors import (
@@ -13,33 +15,109 @@ from annvq.errors import (
 )
 
 
-class ApiError(Exception):
-    """An error answered as ``{"error": {"code": code, "message": message}}`` with ``status``."""
+class ServiceError(Exception):
+    """Base of the service's own errors; ``code`` is the machine-readable error code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    code = "service_error"
+
+    def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.message = message
+
+
+class IndexNotFound(ServiceError):
+    code = "index_not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no index named {name!r}")
+
+
+class IndexExists(ServiceError):
+    code = "index_exists"
+
+
+class IndexDamaged(ServiceError):
+    """The index's stored data failed verification; it is kept as it is until an operator repairs or drops it."""
+
+    code = "index_damaged"
+
+
+class Conflict(ServiceError):
+    """The request does not fit the index's state (training already running, nothing to train on...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class JobNotFound(ServiceError):
+    code = "job_not_found"
+
+
+class Unavailable(ServiceError):
+    """The service (or its storage) cannot take the request now: starting, stopping, or the disk failed."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TooLarge(ServiceError):
+    """A request over one of the service's size limits."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class LimitExceeded(ServiceError):
+    """A parameter over one of this server's limits (max_k, max_dim, max_codec_bytes)."""
+
+    code = "limit_exceeded"
+
+
+class BadRequest(ServiceError):
+    """A request the HTTP layer cannot read (media type, malformed body)."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code, self.status = code, status
 
 
 # most specific first: the first matching class decides
-_ANNVQ_STATUS: tuple[tuple[type[AnnvqError], int, str], ...] = (
-    (UnknownIdError, 404, "unknown_id"),
-    (NotTrainedError, 409, "not_trained"),
-    (DuplicateIdError, 409, "duplicate_id"),
-    (DimensionError, 400, "dimension_mismatch"),
-    (SpecError, 400, "invalid_spec"),
-    (InvalidInputError, 400, "invalid_input"),
-    (FormatError, 500, "storage_error"),
+HTTP_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (IndexNotFound, 404),
+    (JobNotFound, 404),
+    (UnknownIdError, 404),
+    (IndexExists, 409),
+    (IndexDamaged, 409),
+    (Conflict, 409),
+    (NotTrainedError, 409),
+    (DuplicateIdError, 409),
+    (TooLarge, 413),
+    (LimitExceeded, 422),
+    (Unavailable, 503),
+    (DimensionError, 400),
+    (SpecError, 400),
+    (InvalidInputError, 400),
+    (FormatError, 500),
+)
+ANNVQ_CODES: tuple[tuple[type[AnnvqError], str], ...] = (
+    (UnknownIdError, "unknown_id"),
+    (NotTrainedError, "not_trained"),
+    (DuplicateIdError, "duplicate_id"),
+    (DimensionError, "dimension_mismatch"),
+    (SpecError, "invalid_spec"),
+    (InvalidInputError, "invalid_input"),
+    (FormatError, "storage_error"),
 )
 
 
-def annvq_status(exc: AnnvqError) -> tuple[int, str]:
-    """HTTP status and error code for an annvq exception."""
-    for cls, status, code in _ANNVQ_STATUS:
-        if isinstance(exc, cls):
-            return status, code
-    return 400, "invalid_input"
-
-
-def index_not_found(name: str) -> ApiError:
-    return ApiError(404, "index_not_found", f"no index named {name!r}")
+def http_status(exc: Exception) -> tuple[int, str]:
+    """HTTP status and error code for a domain or annvq exception."""
+    if isinstance(exc, BadRequest):
+        return exc.status, exc.code
+    status = next((s for cls, s in HTTP_STATUS if isinstance(exc, cls)), 400)
+    if isinstance(exc, ServiceError):
+        return status, exc.code
+    return status, next((c for cls, c in ANNVQ_CODES if isinstance(exc, cls)), "invalid_input")

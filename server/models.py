@@ -10,8 +10,9 @@ from annvq.spec import IndexSpec
 # strict: no strings or booleans passed off as numbers; finite: no NaN or infinity
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 VectorId = Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)]
-Vectors = Annotated[list[list[FiniteFloat]],
-                    Field(min_length=1, description="a batch of vectors, one list of numbers each")]
+Vectors = Annotated[list[Annotated[list[FiniteFloat], Field(min_length=1)]],
+                    Field(min_length=1, description="a batch of vectors, one list of numbers each, all of the "
+                                                    "index's dimension")]
 
 
 class _Body(BaseModel):
@@ -27,22 +28,26 @@ class CreateIndexRequest(_Body):
 
 class AddRequest(_Body):
     vectors: Vectors
-    ids: list[VectorId] | None = Field(None, description="external ids, one per vector; default: the next free ids")
+    ids: list[VectorId] | None = Field(None, description="external ids, one per vector, unused in the index; "
+                                                         "default: counting up from one past the largest id added")
 
 
 class TrainRequest(_Body):
-    vectors: Vectors | None = Field(None, description="training vectors; omit to train on the vectors added so far")
+    vectors: Vectors | None = Field(None, description="training vectors; omit to train on the exact vectors the "
+                                                      "index holds (added before training, or kept by Refine)")
 
 
 class SearchRequest(_Body):
     vectors: Vectors
     k: int = Field(10, strict=True, ge=1, description="neighbours per query")
-    nprobe: int | None = Field(None, strict=True, ge=1, description="inverted lists to visit (IVF indexes)")
-    rerank: bool | None = Field(None, description="re-rank candidates with exact vectors (indexes built with Refine)")
+    nprobe: int | None = Field(None, strict=True, ge=1, description="inverted lists to visit (IVF indexes only)")
+    rerank: bool | None = Field(None, strict=True, description="re-rank with exact vectors (indexes built with Refine)")
+    k_factor: int | None = Field(None, strict=True, ge=1, le=1024,
+                                 description="re-rank the best k_factor * k candidates (with rerank)")
 
 
 class IdsRequest(_Body):
-    ids: list[VectorId] = Field(min_length=1)
+    ids: list[VectorId] = Field(min_length=1, description="distinct ids")
 
 
 class Job(BaseModel):
@@ -51,6 +56,9 @@ class Job(BaseModel):
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     n_train: int | None = Field(description="number of training vectors")
     error: str | None
+    reencoded_from: Literal["exact", "reconstructed"] | None = Field(
+        description="how the stored vectors were re-encoded with the new model: from their exact values (raw "
+                    "vectors, Refine) or from their reconstructions (indexes that keep only codes)")
     created_at: float = Field(description="Unix time")
     started_at: float | None
     finished_at: float | None
@@ -58,19 +66,25 @@ class Job(BaseModel):
 
 class IndexInfo(BaseModel):
     name: str
-    dim: int
-    metric: str
-    spec: str
-    spec_options: dict[str, Any]
-    trained: bool
-    ntotal: int = Field(description="vectors stored, encoded or pending")
-    encoded: int = Field(description="vectors held as codes")
-    pending: int = Field(description="raw vectors waiting for training")
-    code_size: int = Field(description="bytes per encoded vector")
-    memory_bytes: int
-    lsn: int = Field(description="sequence number of the last logged operation")
-    checkpoint_lsn: int = Field(description="sequence number covered by the last checkpoint")
-    job: Job | None = Field(description="the latest training job")
+    state: Literal["ready", "damaged"] = Field(description="damaged: refuses reads and writes until repaired or "
+                                                           "dropped; see damage")
+    damage: str | None = Field(description="what failed verification (file and byte offset)")
+    dim: int | None
+    metric: str | None
+    spec: str | None
+    spec_options: dict[str, Any] | None = None
+    trained: bool | None = None
+    ntotal: int | None = Field(None, description="vectors stored, encoded or pending")
+    encoded: int | None = Field(None, description="vectors held as codes")
+    pending: int | None = Field(None, description="raw vectors waiting for training")
+    code_size: int | None = Field(None, description="bytes stored per encoded vector")
+    memory_bytes: int | None = None
+    segments: int | None = Field(None, description="sealed segments")
+    deleted: int | None = Field(None, description="deleted rows not yet merged away")
+    lsn: int | None = Field(None, description="sequence number of the last logged operation")
+    checkpoint_lsn: int | None = Field(None, description="sequence number covered by the last checkpoint")
+    checkpoint_error: str | None = Field(None, description="the last checkpoint failure, while checkpoints fail")
+    job: Job | None = Field(None, description="the latest training job")
 
 
 class IndexList(BaseModel):
@@ -95,13 +109,23 @@ class SearchResponse(BaseModel):
 class VectorResponse(BaseModel):
     id: int
     vector: list[float]
-    exact: bool = Field(description="false: reconstruction from codes; true: the raw vector (untrained index)")
+    exact: bool = Field(description="true: the exact vector (raw before training, or kept by Refine); false: a "
+                                    "reconstruction from its codes")
 
 
 class VectorsResponse(BaseModel):
     ids: list[int]
     vectors: list[list[float]]
     exact: bool
+
+
+class RepairReport(BaseModel):
+    index: str
+    replayed: int = Field(description="logged operations salvaged and applied")
+    skipped: list[dict[str, Any]] = Field(description="salvaged operations that no longer applied, with why")
+    damaged_ranges: list[dict[str, Any]] = Field(description="unreadable byte ranges of each log")
+    lost_lsns: list[list[int]] = Field(description="ranges of operation sequence numbers with no readable record")
+    backup: str | None = Field(description="where the original logs were kept")
 
 
 class ErrorDetail(BaseModel):
@@ -117,3 +141,4 @@ class ErrorResponse(BaseModel):
 class Status(BaseModel):
     status: str
     indexes: int | None = None
+    problems: dict[str, str] | None = None

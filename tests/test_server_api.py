@@ -12,9 +12,9 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import annvq  # noqa: E402
-import server.store as store_mod  # noqa: E402
-from server.app import create_app  # noqa: E402
-from server.config import ServerConfig, build_parser  # noqa: E402
+from annvq.index import BaseIndex  # noqa: E402
+from annvq_server.app import create_app  # noqa: E402
+from annvq_server.config import ServerConfig, build_parser  # noqa: E402
 
 D = 16
 OCTET = {"content-type": "application/octet-stream"}
@@ -81,7 +81,7 @@ def test_life_cycle_add_before_train(client):
     assert job["status"] == "succeeded" and job["n_train"] == 200
     info = client.get("/indexes/demo").json()
     assert info["trained"] and info["ntotal"] == info["encoded"] == 200 and info["pending"] == 0
-    assert info["code_size"] == 2 and info["spec"] == "PQ4x4"
+    assert info["code_size"] == 4 and info["spec"] == "PQ4x4"
 
     r = client.post("/indexes/demo/vectors", content=x[200:].tobytes(), headers=OCTET)
     assert r.json() == {"ids": list(range(1200, 1300)), "pending": False}
@@ -230,8 +230,12 @@ def test_bad_deletes_and_reads(client, trained):
     _assert_error(client.request("DELETE", "/indexes/t/vectors", json={"ids": ["a"]}), 422)
     _assert_error(client.post("/indexes/t/vectors/delete", json={"ids": [999]}), 404, "unknown_id")
     _assert_error(client.get("/indexes/t/vectors/999"), 404, "unknown_id")
-    _assert_error(client.get("/indexes/t/vectors/-1"), 422)
-    _assert_error(client.get("/indexes/t/vectors/abc"), 422)
+    _assert_error(client.get("/indexes/t/vectors/-1"), 404, "not_found")  # ids are digits: no such route
+    _assert_error(client.get("/indexes/t/vectors/abc"), 404, "not_found")
+    _assert_error(client.get("/indexes/t/vectors/9223372036854775808"), 422)  # one past the largest id
+    r = client.get("/indexes/t/vectors/delete")  # a route that takes POST: 405 listing it, not a parse error
+    _assert_error(r, 405, "method_not_allowed")
+    assert r.headers["allow"] == "POST"
     _assert_error(client.post("/indexes/t/vectors/retrieve", json={"ids": [1, 999]}), 404, "unknown_id")
     _assert_error(client.get("/indexes/t/jobs/nope"), 404, "job_not_found")
     assert _snapshot(client) == before
@@ -246,6 +250,10 @@ def test_bad_deletes_and_reads(client, trained):
     ("x", {"dim": D, "spec": {"codec": "pq", "M": 4, "options": {"no_such_option": 1}}}, 400, "invalid_spec"),
     ("x", {"dim": 0, "spec": "SQ8"}, 422, None),
     ("x", {"dim": 257, "spec": "SQ8"}, 422, "limit_exceeded"),  # over max_dim
+    ("x", {"dim": D, "spec": "AQ1024x16"}, 422, "limit_exceeded"),  # refused before anything is allocated
+    ("x", {"dim": D, "spec": "PQ８"}, 400, "invalid_spec"),  # a full-width digit
+    ("x", {"dim": D, "spec": {"codec": "pq", "M": 4, "options": {"random_state": "abc"}}}, 400, "invalid_spec"),
+    ("x", {"dim": D, "spec": {"codec": "pq", "M": 4, "options": {"niter": -5}}}, 400, "invalid_spec"),
     ("x", {"dim": 256, "spec": "PQ1x16"}, 422, "limit_exceeded"),  # 65536 x 256 floats of codebook
     ("x", {"dim": "16", "spec": "SQ8"}, 422, None),
     ("x", {"dim": D, "spec": "SQ8", "metric": "hamming"}, 422, None),
@@ -322,9 +330,11 @@ def test_metrics_and_params(client):
         client.put(f"/indexes/{metric}", json={"dim": 8, "spec": {"codec": "sq", "nbits": 8}, "metric": metric})
         client.post(f"/indexes/{metric}/train?wait=true", content=x.tobytes(), headers=OCTET)
         client.post(f"/indexes/{metric}/vectors", content=x.tobytes(), headers=OCTET)
-        # nprobe/rerank mean nothing to a flat index and are ignored
-        r = client.post(f"/indexes/{metric}/search", json={"vectors": x[:3].tolist(), "k": 5, "nprobe": 4}).json()
+        r = client.post(f"/indexes/{metric}/search", json={"vectors": x[:3].tolist(), "k": 5}).json()
         assert all(np.all(np.diff(row) <= 0) for row in r["distances"])  # similarities: descending
+        # a parameter the index type does not take is named, as in Python and the CLI
+        _assert_error(client.post(f"/indexes/{metric}/search", json={"vectors": x[:3].tolist(), "k": 5, "nprobe": 4}),
+                      400, "invalid_input")
     _assert_error(client.post("/indexes/cosine/vectors", json={"vectors": [[0.0] * 8]}), 400, "invalid_input")
 
 
@@ -333,21 +343,14 @@ class _Gate:
 
     def __init__(self, monkeypatch):
         self.started, self.release = threading.Event(), threading.Event()
-        real = store_mod.annvq.index_factory
+        real = BaseIndex.retrained
 
-        def factory(*args, **kwargs):
-            index = real(*args, **kwargs)
-            train = index.train
+        def gated(index, x=None):
+            self.started.set()
+            assert self.release.wait(30)
+            return real(index, x)
 
-            def gated_train(x):
-                self.started.set()
-                assert self.release.wait(30)
-                return train(x)
-
-            index.train = gated_train
-            return index
-
-        monkeypatch.setattr(store_mod.annvq, "index_factory", factory)
+        monkeypatch.setattr(BaseIndex, "retrained", gated)
 
 
 def test_writes_during_first_training_are_kept(client, monkeypatch):
@@ -369,6 +372,7 @@ def test_writes_during_first_training_are_kept(client, monkeypatch):
         threading.Event().wait(0.025)
     info = client.get("/indexes/g").json()
     assert info["trained"] and info["encoded"] == 297 and info["pending"] == 0
+    assert info["job"]["reencoded_from"] == "exact"  # the raw vectors were encoded, not approximations
     expect = [i for i in list(range(200)) + list(range(500, 600)) if i not in (0, 150, 550)]
     got = [client.post("/indexes/g/vectors/retrieve", json={"ids": expect[s:s + 200]}).json()["vectors"]
            for s in (0, 200)]

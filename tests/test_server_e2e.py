@@ -1,4 +1,4 @@
-"""End to end against a real ``python -m server`` process on 127.0.0.1: restart, kill -9, concurrent load."""
+"""End to end against a real ``python -m annvq_server`` process on 127.0.0.1: restart, kill -9, concurrent load."""
 from __future__ import annotations
 
 import os
@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m server`` in a subprocess, bound to loopback, with its own data directory."""
+    """``python -m annvq_server`` in a subprocess, bound to loopback, with its own data directory."""
 
     def __init__(self, data_dir: Path, *flags: str) -> None:
         self.data_dir, self.flags = data_dir, flags
@@ -41,7 +41,7 @@ class ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ANNVQ_")}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                [sys.executable, "-m", "annvq_server", "--host", "127.0.0.1", "--port", str(self.port),
                  "--data-dir", str(self.data_dir), "--log-level", "warning", *self.flags],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=60)
@@ -220,7 +220,7 @@ def test_concurrent_adds_and_searches_match_a_serial_run(data_dir):
 
 
 def test_annvq_serve_takes_settings_from_environment(tmp_path):
-    """``annvq serve`` with no flags honours ANNVQ_HOST/PORT/DATA_DIR, as ``python -m server`` does."""
+    """``annvq serve`` with no flags honours ANNVQ_HOST/PORT/DATA_DIR, as ``python -m annvq_server`` does."""
     port = _free_port()
     data = tmp_path / "env-data"
     env = {**os.environ, "ANNVQ_HOST": "127.0.0.1", "ANNVQ_PORT": str(port), "ANNVQ_DATA_DIR": str(data)}

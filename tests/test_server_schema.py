@@ -13,8 +13,8 @@ schemathesis = pytest.importorskip("schemathesis")
 from fastapi.testclient import TestClient  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from server.app import create_app  # noqa: E402
-from server.config import ServerConfig  # noqa: E402
+from annvq_server.app import create_app  # noqa: E402
+from annvq_server.config import ServerConfig  # noqa: E402
 
 # small limits keep generated specs and batches cheap
 LIMITS = dict(max_batch=64, max_queries=16, max_k=32, max_dim=32, max_body_bytes=1 << 18, max_codec_bytes=1 << 18,

@@ -300,6 +300,26 @@ class BaseIndex(ABC):
         """Whether rows carry exact vectors: raw rows before training, and ``Refine`` indexes."""
         return self.rerank or not self.is_trained
 
+    def check_add(self, x: Any, ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors, ids)`` as :meth:`add` would store them, or the error it would raise; changes nothing.
+
+        For callers that record an operation (a write-ahead log) before applying it.
+        """
+        x = self.prepare(x, "x")
+        return x, self._new_ids(ids, x.shape[0])
+
+    def check_remove(self, ids: Any) -> np.ndarray:
+        """The ids :meth:`remove` would delete, or the error it would raise; changes nothing."""
+        ids = as_id_array(ids)
+        if not ids.size:
+            raise InvalidInputError("ids: empty list")
+        if np.unique(ids).shape[0] != ids.shape[0]:
+            raise InvalidInputError("ids: repeated ids in one remove call")
+        found = self.contains(ids)
+        if not found.all():
+            missing_ids(ids, ids[found])
+        return ids
+
     def add(self, x: Any, ids: Any = None) -> np.ndarray:
         """Store vectors; returns their external ids (counting up when ``ids`` is None).
 
@@ -436,13 +456,31 @@ class BaseIndex(ABC):
             missing_ids(ids, ids[seg >= 0])
         out = np.empty((ids.shape[0], self.d), dtype=np.float32)
         view = self._view()
+        if not self.is_trained:
+            return self.fetch(ids)[0]
         for pos in np.unique(seg):
             s, r = view[pos], row[seg == pos]
-            if not self.is_trained:
-                out[seg == pos] = s.vectors.read(r) if isinstance(s, Segment) else s.read_vectors(r)
-            else:
-                out[seg == pos] = self._decode_rows(s.codes[r], s.lists_of(r))
+            out[seg == pos] = self._decode_rows(s.codes[r], s.lists_of(r))
         return out
+
+    def fetch(self, ids: Any) -> tuple[np.ndarray, bool]:
+        """``(vectors, exact)`` for ``ids``: the exact vectors where the index keeps them (raw before
+        training, ``Refine``), else reconstructions from the codes."""
+        if not self._keeps_vectors():
+            return self.reconstruct_batch(ids), False
+        ids = as_id_array(ids)
+        seg, row = self.locate(ids)
+        if (seg < 0).any():
+            missing_ids(ids, ids[seg >= 0])
+        out = np.empty((ids.shape[0], self.d), dtype=np.float32)
+        view = self._view()
+        for pos in np.unique(seg):
+            s, r = view[pos], row[seg == pos]
+            order = np.argsort(r)
+            got = np.empty((r.shape[0], self.d), dtype=np.float32)
+            got[order] = s.vectors.read(r[order]) if isinstance(s, Segment) else s.read_vectors(r[order])
+            out[seg == pos] = got
+        return out, True
 
     def compact(self, full: bool = False) -> int:
         """Merge sealed segments as the merge policy says (all into one when ``full``, which seals the
@@ -490,12 +528,13 @@ class BaseIndex(ABC):
         self.segments = [s for s in kept if s.n]
 
     def frozen(self) -> "BaseIndex":
-        """A read-only view of the current vectors for background work (retraining): the growing segment
-        is sealed, and the view shares the sealed segments with this index."""
+        """A read-only snapshot of the current vectors for background work (retraining): the growing
+        segment is sealed, and the snapshot shares the sealed rows with this index but keeps its own
+        deletion marks, so later writes to this index do not show through it."""
         self.seal()
         view = object.__new__(type(self))
         view.__dict__.update(self.__dict__)
-        view.segments = list(self.segments)
+        view.segments = [s.snapshot() for s in self.segments]
         view._growing = self._new_growing()
         return view
 

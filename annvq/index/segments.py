@@ -157,6 +157,15 @@ class Segment:
     def live_rows(self) -> np.ndarray:
         return np.arange(self.n) if self.deleted is None else np.flatnonzero(~self.deleted)
 
+    def snapshot(self) -> "Segment":
+        """A view sharing this segment's rows but with its own copy of the deletion marks, so later
+        deletes on this segment do not show through it."""
+        view = object.__new__(Segment)
+        view.__dict__.update(self.__dict__)
+        view.bias = self.bias.copy()
+        view.deleted = None if self.deleted is None else self.deleted.copy()
+        return view
+
     def memory_usage(self) -> int:
         total = self.ids.nbytes + self.codes.nbytes + self.offsets.nbytes + self.bias.nbytes
         total += 0 if self.norms is None else self.norms.nbytes

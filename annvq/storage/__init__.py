@@ -15,11 +15,11 @@ import numpy as np
 from ..errors import FormatError, InvalidInputError
 from ..index.base import BaseIndex
 from .directory import CommitStats, IndexDirectory, append_to
-from .h5 import StoredFile, atomic_path, fsync_dir, write_file
+from .h5 import StoredFile, atomic_path, crc, dumps, fsync_dir, write_file
 from .legacy import is_legacy_file, load_legacy
 
 __all__ = ["save", "load", "append", "compact", "migrate", "IndexDirectory", "CommitStats", "StoredFile",
-           "write_file", "atomic_path", "fsync_dir"]
+           "write_file", "atomic_path", "fsync_dir", "crc", "dumps"]
 
 
 def _directory_for(index: BaseIndex, path: Path) -> IndexDirectory:
@@ -36,15 +36,16 @@ def _directory_for(index: BaseIndex, path: Path) -> IndexDirectory:
     return IndexDirectory(path)
 
 
-def save(index: BaseIndex, path: str | os.PathLike) -> CommitStats:
+def save(index: BaseIndex, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> CommitStats:
     """Write ``index`` to the directory ``path`` (created if needed) and make it the index's storage.
 
     To the directory the index was loaded from or last saved to, only the new segments, changed
-    tombstones and (after retraining) the model are written. Returns what was written.
+    tombstones and (after retraining) the model are written. ``metadata`` (JSON) is kept in the
+    manifest and comes back as ``index.storage.metadata`` after :func:`load`. Returns what was written.
     """
     if not isinstance(index, BaseIndex):
         raise InvalidInputError(f"save: expected an annvq index, got {type(index).__name__}")
-    return _directory_for(index, Path(path)).commit(index)
+    return _directory_for(index, Path(path)).commit(index, metadata)
 
 
 def load(path: str | os.PathLike) -> BaseIndex:

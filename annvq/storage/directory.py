@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,8 +65,10 @@ class IndexDirectory:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path).resolve()
-        self.user: dict[str, Any] = {}  # caller's metadata kept in the manifest (e.g. a log position)
+        self.metadata: dict[str, Any] = {}  # the caller's JSON metadata kept in the manifest (e.g. a log position)
         self._skipped: list[dict[str, Any]] = []  # manifest entries of segments a partial load left out
+        self._pending: set[str] = set()  # segment files written ahead of the commit that names them
+        self._pending_lock = threading.Lock()
 
     @staticmethod
     def holds_index(path: str | os.PathLike) -> bool:
@@ -140,7 +143,7 @@ class IndexDirectory:
             raise self._fail(MANIFEST, str(exc)) from None
         if keep is None and index.ntotal != body["ntotal"]:
             raise self._fail(MANIFEST, f"ntotal {body['ntotal']} but the segments hold {index.ntotal} live vectors")
-        self.user = body.get("user") if isinstance(body.get("user"), dict) else {}
+        self.metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
         options = body.get("options") or {}
         try:
             index.seal_rows = positive_int(options.get("seal_rows", index.seal_rows), "seal_rows")
@@ -220,17 +223,17 @@ class IndexDirectory:
         return seg
 
     # --- commit --------------------------------------------------------------------------------------
-    def commit(self, index: BaseIndex, user: dict[str, Any] | None = None) -> CommitStats:
+    def commit(self, index: BaseIndex, metadata: dict[str, Any] | None = None) -> CommitStats:
         """Store ``index`` here: seal its growing segment, write what the directory lacks, replace the
-        manifest, delete unreferenced files. ``user`` replaces the caller's metadata."""
+        manifest, delete unreferenced files. ``metadata`` (JSON) replaces the caller's metadata."""
         stats = CommitStats()
         with self._locked():
             index.seal()
-            if user is not None:
-                self.user = dict(user)
+            if metadata is not None:
+                self.metadata = dict(metadata)
             body: dict[str, Any] = {"format": DIR_FORMAT, "format_version": FORMAT_VERSION, "model": None,
                                     "untrained": None, "segments": [], "next_segment_id": index.next_segment_id,
-                                    "next_id": index.next_id, "ntotal": index.ntotal, "user": self.user,
+                                    "next_id": index.next_id, "ntotal": index.ntotal, "metadata": self.metadata,
                                     "options": {"seal_rows": index.seal_rows,
                                                 "merge_policy": index.merge_policy.model_dump()}}
             if index.is_trained:
@@ -250,13 +253,37 @@ class IndexDirectory:
             body["ntotal"] += sum(e["rows"] - (e["tombstones"] or {}).get("count", 0) for e in self._skipped)
             stats.bytes += self._write_manifest(body)
             stats.files += 1
-            self._collect(body)
-        for seg in written:  # their vectors are on disk now: read them from there, free the memory
-            if seg.vectors is not None and seg.vectors.in_memory:
-                stored = StoredFile(self.path / seg.stored.file, "annvq-segment")
-                seg.vectors = stored.lazy("vectors")
+            with self._pending_lock:
+                self._pending -= {e["file"] for e in body["segments"]}
+                self._collect(body, self._pending)
+        self._lazy_vectors(written)
         index.storage = self
         return stats
+
+    def store_segment(self, index: BaseIndex, seg: Segment) -> CommitStats:
+        """Write a sealed segment's file ahead of the commit that will name it (e.g. a merge built in the
+        background), so that commit only has to write the manifest. Its vectors are then read from disk."""
+        stats = CommitStats()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._write_segment(index, seg, stats)
+        with self._pending_lock:
+            self._pending.add(seg.stored.file)
+        self._lazy_vectors([seg])
+        return stats
+
+    def discard_segment(self, seg: Segment) -> None:
+        """Drop a segment written by :meth:`store_segment` that no commit will name."""
+        if isinstance(seg.stored, StoredSegment) and seg.stored.directory == self.path:
+            with self._pending_lock:
+                self._pending.discard(seg.stored.file)
+            seg.close()
+            (self.path / seg.stored.file).unlink(missing_ok=True)
+
+    def _lazy_vectors(self, segments: list[Segment]) -> None:
+        """Read the exact vectors of segments just written from their files and free the memory they held."""
+        for seg in segments:
+            if seg.vectors is not None and seg.vectors.in_memory:
+                seg.vectors = StoredFile(self.path / seg.stored.file, "annvq-segment").lazy("vectors")
 
     def _has(self, seg: Segment) -> bool:
         st = seg.stored
@@ -312,16 +339,30 @@ class IndexDirectory:
                 "tombstones": {"file": st.tomb_file, "digest": st.tomb_digest, "count": seg.ndeleted}
                 if st.tomb_file else None}
 
-    def _collect(self, body: dict[str, Any]) -> None:
-        """Delete the files (and leftover temporary files) the manifest ``body`` does not name."""
-        named = {e["file"] for e in body["segments"]}
+    def _collect(self, body: dict[str, Any], keep: set[str]) -> None:
+        """Delete the files (and leftover temporary files) the manifest ``body`` does not name, but ``keep``."""
+        named = {e["file"] for e in body["segments"]} | keep
         named |= {e["tombstones"]["file"] for e in body["segments"] if e.get("tombstones")}
         if body.get("model"):
             named.add(body["model"]["file"])
         for p in self.path.iterdir():
-            if (p.name.startswith(_OWNED_PREFIXES) and p.name not in named) or ".tmp-" in p.name:
+            if (p.name.startswith(_OWNED_PREFIXES) and p.name not in named) or _abandoned_temporary(p.name):
                 p.unlink(missing_ok=True)
         fsync_dir(self.path)
+
+
+def _abandoned_temporary(name: str) -> bool:
+    """A temporary file (``.<name>.tmp-<pid>``) whose writing process no longer exists."""
+    head, sep, pid = name.rpartition(".tmp-")
+    if not sep or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def append_to(path: str | os.PathLike, x: Any, ids: Any = None) -> np.ndarray:

@@ -1,0 +1,275 @@
+"""Routes: read the request, call one domain-service method in a worker thread, shape the answer.
+
+Bodies are read here (not by FastAPI's body parameters) so that size limits and parse errors are
+answered by the app's error handlers with the right status; the request models still document them
+in the OpenAPI schema. Every constraint the schema cannot state (rows of one length, the index's
+dimension, ids unused in the index...) is answered 400/409/413 as the route's responses list.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
+
+from annvq.errors import InvalidInputError
+
+from . import models
+from .bodies import check_count, media_type, parse_binary, parse_json
+from .config import ServerConfig
+from .errors import LimitExceeded, Unavailable
+from .jobs import Job
+from .responses import FastJSONResponse
+from .service import NAME_PATTERN, IndexService
+
+T = TypeVar("T")
+MAX_ID = 2**63 - 1
+_IDS_PATTERN = r"^\d{1,19}(,\d{1,19})*$"
+_INLINE_BODY_BYTES = 1 << 16  # JSON bodies up to this size are parsed on the event loop
+
+
+class Context:
+    """What the routes share: the config, the domain service and the worker pools."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.service: IndexService | None = None  # one per lifespan, so the app can be started again
+        self.ready = False
+        self.read_pool: ThreadPoolExecutor | None = None
+        self.write_pool: ThreadPoolExecutor | None = None
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.read_pool, partial(fn, *args, **kwargs))
+
+    async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.write_pool, partial(fn, *args, **kwargs))
+
+
+def get_context(request: Request) -> Context:
+    ctx: Context = request.app.state.context
+    if not ctx.ready:
+        raise Unavailable("not_ready", "the service is starting or stopping")
+    return ctx
+
+
+Ctx = Annotated[Context, Depends(get_context)]
+IndexName = Annotated[str, PathParam(pattern=NAME_PATTERN, description="index name", examples=["demo"])]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": models.ErrorResponse} for s in (400, 401, 404, 405, 409, 413, 415, 422, 500, 503)}
+
+
+def _body_doc(model: type, binary: bool, required: bool = True) -> dict[str, Any]:
+    """OpenAPI request body: ``model`` as JSON and, when ``binary``, raw little-endian float32 vectors."""
+    content: dict[str, Any] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+    text = "JSON"
+    if binary:
+        content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
+        text = ("JSON, or application/octet-stream: n*dim little-endian float32 values (n whole vectors of the "
+                "index's dimension, row-major; other parameters in the query string)")
+    return {"requestBody": {"required": required, "description": text, "content": content}}
+
+
+async def _json(request: Request, model: type, ctx: Context, dim: Callable[[], int] | None = None,
+                limit: int = 0, what: str = "vectors", setting: str = "max_batch") -> tuple[Any, np.ndarray | None]:
+    """The body as ``model`` (and its vectors as float32 when ``dim`` is given); large bodies are parsed in a
+    worker thread so the event loop keeps serving."""
+    body = await request.body()
+    if len(body) <= _INLINE_BODY_BYTES:
+        return parse_json(body, model, dim() if dim else None, limit, what, setting)
+    return await ctx.read(parse_json, body, model, dim() if dim else None, limit, what, setting)
+
+
+async def _vectors_body(request: Request, model: type, ctx: Context, name: str, limit: int, what: str,
+                        setting: str) -> tuple[Any, np.ndarray | None]:
+    """``(model or None, vectors)`` from a JSON or an application/octet-stream body."""
+    kind = media_type(request.headers.get("content-type"))
+    svc = ctx.service
+    if kind == "binary":
+        body = await request.body()
+        return None, parse_binary(body, svc.dim(name), limit, what, setting)
+    return await _json(request, model, ctx, partial(svc.dim, name), limit, what, setting)
+
+
+def _parse_ids(text: str | None) -> np.ndarray | None:
+    if text is None:
+        return None
+    values = [int(t) for t in text.split(",")]
+    if max(values) > MAX_ID:
+        raise InvalidInputError(f"ids: values must be at most {MAX_ID}")
+    return np.array(values, dtype=np.int64)
+
+
+def _search_body(D: np.ndarray, I: np.ndarray) -> dict[str, Any]:
+    """Results per query, best first; the -1 padding of short results is cut off."""
+    found = I >= 0
+    if found.all():
+        return {"ids": I, "distances": D}
+    return {"ids": [i[f] for i, f in zip(I, found)], "distances": [d[f] for d, f in zip(D, found)]}
+
+
+def _job_error(job: Job) -> Exception:
+    """The error a failed training job is answered with when the client waited for it."""
+    if isinstance(job.exc, Exception):
+        return job.exc
+    return Unavailable("training_failed", f"training job {job.id} failed: {job.error}")
+
+
+router = APIRouter()
+
+
+@router.get("/health", response_model=models.Status, tags=["service"])
+async def health() -> FastJSONResponse:
+    """Liveness: answers while the process runs (no API key needed)."""
+    return FastJSONResponse({"status": "ok"})
+
+
+@router.get("/ready", response_model=models.Status, responses=_ERRORS, tags=["service"])
+async def ready(ctx: Ctx) -> FastJSONResponse:
+    """Readiness: 200 once every index is recovered (``degraded`` lists damaged indexes and failing
+    checkpoints), 503 while starting or shutting down."""
+    problems = ctx.service.problems()
+    return FastJSONResponse({"status": "degraded" if problems else "ready", "indexes": len(ctx.service.indexes),
+                             "problems": problems or None})
+
+
+@router.get("/indexes", response_model=models.IndexList, responses=_ERRORS, tags=["indexes"])
+async def list_indexes(ctx: Ctx) -> FastJSONResponse:
+    """Every index with its state: ready, or damaged (with what failed)."""
+    return FastJSONResponse({"indexes": await ctx.read(ctx.service.describe_all)})
+
+
+@router.put("/indexes/{name}", status_code=201, response_model=models.IndexInfo, responses=_ERRORS,
+            openapi_extra=_body_doc(models.CreateIndexRequest, binary=False), tags=["indexes"])
+async def create_index(name: IndexName, request: Request, ctx: Ctx) -> FastJSONResponse:
+    """Create an empty index from a spec; add vectors and train it in either order."""
+    body, _ = await _json(request, models.CreateIndexRequest, ctx)
+    info = await ctx.write(ctx.service.create, name, body.dim, body.spec, body.metric)
+    return FastJSONResponse(info, status_code=201)
+
+
+@router.get("/indexes/{name}", response_model=models.IndexInfo, responses=_ERRORS, tags=["indexes"])
+async def describe_index(name: IndexName, ctx: Ctx) -> FastJSONResponse:
+    return FastJSONResponse(await ctx.read(ctx.service.describe, name))
+
+
+@router.delete("/indexes/{name}", response_model=models.Status, responses=_ERRORS, tags=["indexes"])
+async def drop_index(name: IndexName, ctx: Ctx) -> FastJSONResponse:
+    """Delete the index and all its files (a damaged one too)."""
+    await ctx.write(ctx.service.drop, name)
+    return FastJSONResponse({"status": "dropped"})
+
+
+@router.post("/indexes/{name}/repair", response_model=models.RepairReport, responses=_ERRORS, tags=["indexes"])
+async def repair_index(name: IndexName, ctx: Ctx) -> FastJSONResponse:
+    """Bring a damaged index back: apply every readable logged operation after its checkpoint (skipping
+    damaged records), keep a copy of the original logs, and report what was lost. 409 if not damaged."""
+    report = await ctx.write(ctx.service.repair, name)
+    return FastJSONResponse(report.to_dict())
+
+
+@router.post("/indexes/{name}/train", status_code=202, response_model=models.Job, responses=_ERRORS,
+             openapi_extra=_body_doc(models.TrainRequest, binary=True, required=False), tags=["indexes"])
+async def train_index(
+    name: IndexName, request: Request, ctx: Ctx,
+    wait: Annotated[bool, Query(description="answer when the job has finished")] = False,
+) -> FastJSONResponse:
+    """Train in the background on the given vectors, or on the exact vectors the index holds when none are
+    sent. Searches keep using the current state until the new one is swapped in; vectors added or deleted
+    meanwhile are applied to it. Stored vectors are re-encoded from their exact values where the index
+    has them (before training, Refine), else from their reconstructions (the job says which). Poll
+    ``GET /indexes/{name}/jobs/{job_id}``, or pass ``wait=true``."""
+    x = None
+    if await request.body():
+        _, x = await _vectors_body(request, models.TrainRequest, ctx, name, ctx.config.max_batch,
+                                   "training vectors", "max_batch")
+    job = await ctx.write(ctx.service.start_training, name, x)
+    if wait:
+        await asyncio.wrap_future(job.future)
+        if job.status == "failed":
+            raise _job_error(job)
+        return FastJSONResponse(job.to_dict())
+    return FastJSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/indexes/{name}/jobs/{job.id}"})
+
+
+@router.get("/indexes/{name}/jobs/{job_id}", response_model=models.Job, responses=_ERRORS, tags=["indexes"])
+async def get_job(name: IndexName, job_id: Annotated[str, PathParam(max_length=64)], ctx: Ctx) -> FastJSONResponse:
+    return FastJSONResponse(ctx.service.job(name, job_id).to_dict())
+
+
+@router.post("/indexes/{name}/vectors", response_model=models.AddResponse, responses=_ERRORS,
+             openapi_extra=_body_doc(models.AddRequest, binary=True), tags=["vectors"])
+async def add_vectors(
+    name: IndexName, request: Request, ctx: Ctx,
+    ids: Annotated[str | None, Query(pattern=_IDS_PATTERN, description="comma-separated ids, each at most "
+                                     "2**63-1 (application/octet-stream bodies only)")] = None,
+) -> FastJSONResponse:
+    """Add vectors, acknowledged once durable. Before training they are kept raw and encoded when training ends."""
+    req, x = await _vectors_body(request, models.AddRequest, ctx, name, ctx.config.max_batch, "vectors", "max_batch")
+    new_ids = _parse_ids(ids) if req is None else req.ids
+    added, pending = await ctx.write(ctx.service.add, name, x, new_ids)
+    return FastJSONResponse({"ids": added, "pending": pending})
+
+
+async def _ids_body(request: Request, ctx: Ctx) -> list[int]:
+    req, _ = await _json(request, models.IdsRequest, ctx)
+    check_count(len(req.ids), ctx.config.max_batch, "ids", "max_batch")
+    return req.ids
+
+
+@router.delete("/indexes/{name}/vectors", response_model=models.DeleteResponse, responses=_ERRORS,
+               openapi_extra=_body_doc(models.IdsRequest, binary=False), tags=["vectors"])
+async def delete_vectors(name: IndexName, request: Request, ctx: Ctx) -> FastJSONResponse:
+    """Delete vectors by id; if any id is unknown nothing is deleted (404)."""
+    ids = await _ids_body(request, ctx)
+    return FastJSONResponse({"deleted": await ctx.write(ctx.service.delete, name, ids)})
+
+
+@router.post("/indexes/{name}/vectors/delete", response_model=models.DeleteResponse, responses=_ERRORS,
+             openapi_extra=_body_doc(models.IdsRequest, binary=False), tags=["vectors"])
+async def delete_vectors_post(name: IndexName, request: Request, ctx: Ctx) -> FastJSONResponse:
+    """Same as ``DELETE /indexes/{name}/vectors``, for clients that cannot send a body with DELETE."""
+    return await delete_vectors(name, request, ctx)
+
+
+@router.post("/indexes/{name}/vectors/retrieve", response_model=models.VectorsResponse, responses=_ERRORS,
+             openapi_extra=_body_doc(models.IdsRequest, binary=False), tags=["vectors"])
+async def retrieve_vectors(name: IndexName, request: Request, ctx: Ctx) -> FastJSONResponse:
+    """Vectors by id: exact where the index keeps them (before training, Refine), else reconstructions."""
+    ids = await _ids_body(request, ctx)
+    x, exact = await ctx.read(ctx.service.retrieve, name, ids)
+    return FastJSONResponse({"ids": ids, "vectors": x, "exact": exact})
+
+
+@router.get("/indexes/{name}/vectors/{id:int}", response_model=models.VectorResponse, responses=_ERRORS,
+            tags=["vectors"])
+async def get_vector(name: IndexName, id: Annotated[int, PathParam(ge=0, le=MAX_ID, description="vector id")],
+                     ctx: Ctx) -> FastJSONResponse:
+    x, exact = await ctx.read(ctx.service.retrieve, name, [id])
+    return FastJSONResponse({"id": id, "vector": x[0], "exact": exact})
+
+
+@router.post("/indexes/{name}/search", response_model=models.SearchResponse, responses=_ERRORS,
+             openapi_extra=_body_doc(models.SearchRequest, binary=True), tags=["vectors"])
+async def search(
+    name: IndexName, request: Request, ctx: Ctx,
+    k: Annotated[int, Query(ge=1, description="neighbours per query (octet-stream bodies only)")] = 10,
+    nprobe: Annotated[int | None, Query(ge=1, description="IVF lists to visit (octet-stream bodies only)")] = None,
+    rerank: Annotated[bool | None, Query(description="re-rank with exact vectors (octet-stream bodies only)")] = None,
+    k_factor: Annotated[int | None, Query(ge=1, le=1024, description="re-rank depth factor (octet-stream only)")] = None,
+) -> FastJSONResponse:
+    """k nearest neighbours of each query: ids and distances. Distances are squared L2 (ascending) or, for
+    ip and cosine indexes, similarities (descending). A parameter the index type does not take (nprobe on
+    a flat index) is a 400 naming it."""
+    req, xq = await _vectors_body(request, models.SearchRequest, ctx, name, ctx.config.max_queries, "queries",
+                                  "max_queries")
+    if req is not None:
+        k, nprobe, rerank, k_factor = req.k, req.nprobe, req.rerank, req.k_factor
+    if k > ctx.config.max_k:
+        raise LimitExceeded(f"k={k} exceeds this server's max_k {ctx.config.max_k}")
+    D, I = await ctx.read(ctx.service.search, name, xq, k, nprobe=nprobe, rerank=rerank, k_factor=k_factor)
+    return FastJSONResponse(_search_body(D, I))
