@@ -74,25 +74,49 @@ def _body_doc(model: type, binary: bool, required: bool = True) -> dict[str, Any
     return {"requestBody": {"required": required, "description": text, "content": content}}
 
 
+async def read_body(request: Request) -> bytearray:
+    """The whole body in one buffer, sized from Content-Length when given: no list of chunks joined into a
+    second copy (the middleware has already bounded the size)."""
+    length = request.headers.get("content-length")
+    buf = bytearray()
+    if length and length.isdigit():
+        buf = bytearray(int(length))
+        pos = 0
+        async for chunk in request.stream():
+            end = pos + len(chunk)
+            if end > len(buf):
+                buf.extend(bytes(end - len(buf)))
+            buf[pos:end] = chunk
+            pos = end
+        del buf[pos:]
+        return buf
+    async for chunk in request.stream():
+        buf += chunk
+    return buf
+
+
 async def _json(request: Request, model: type, ctx: Context, dim: Callable[[], int] | None = None,
-                limit: int = 0, what: str = "vectors", setting: str = "max_batch") -> tuple[Any, np.ndarray | None]:
+                limit: int = 0, what: str = "vectors", setting: str = "max_batch",
+                body: bytearray | None = None) -> tuple[Any, np.ndarray | None]:
     """The body as ``model`` (and its vectors as float32 when ``dim`` is given); large bodies are parsed in a
     worker thread so the event loop keeps serving."""
-    body = await request.body()
+    if body is None:
+        body = await read_body(request)
     if len(body) <= _INLINE_BODY_BYTES:
         return parse_json(body, model, dim() if dim else None, limit, what, setting)
     return await ctx.read(parse_json, body, model, dim() if dim else None, limit, what, setting)
 
 
 async def _vectors_body(request: Request, model: type, ctx: Context, name: str, limit: int, what: str,
-                        setting: str) -> tuple[Any, np.ndarray | None]:
+                        setting: str, body: bytearray | None = None) -> tuple[Any, np.ndarray | None]:
     """``(model or None, vectors)`` from a JSON or an application/octet-stream body."""
     kind = media_type(request.headers.get("content-type"))
     svc = ctx.service
+    if body is None:
+        body = await read_body(request)
     if kind == "binary":
-        body = await request.body()
         return None, parse_binary(body, svc.dim(name), limit, what, setting)
-    return await _json(request, model, ctx, partial(svc.dim, name), limit, what, setting)
+    return await _json(request, model, ctx, partial(svc.dim, name), limit, what, setting, body)
 
 
 def _parse_ids(text: str | None) -> np.ndarray | None:
@@ -184,9 +208,10 @@ async def train_index(
     has them (before training, Refine), else from their reconstructions (the job says which). Poll
     ``GET /indexes/{name}/jobs/{job_id}``, or pass ``wait=true``."""
     x = None
-    if await request.body():
+    body = await read_body(request)
+    if body:
         _, x = await _vectors_body(request, models.TrainRequest, ctx, name, ctx.config.max_batch,
-                                   "training vectors", "max_batch")
+                                   "training vectors", "max_batch", body)
     job = await ctx.write(ctx.service.start_training, name, x)
     if wait:
         await asyncio.wrap_future(job.future)

@@ -223,7 +223,7 @@ def _invalid(loc: tuple[Any, ...], msg: str, kind: str = "value_error") -> Reque
     return RequestValidationError([{"type": kind, "loc": loc, "msg": msg}])
 
 
-def parse_json(body: bytes, model: type[M], dim: int | None, limit: int, what: str,
+def parse_json(body: bytes | bytearray, model: type[M], dim: int | None, limit: int, what: str,
                setting: str) -> tuple[M, np.ndarray | None]:
     """A JSON body validated against ``model``, with its ``vectors`` (when present) as float32 (n, dim).
 
@@ -239,8 +239,9 @@ def parse_json(body: bytes, model: type[M], dim: int | None, limit: int, what: s
         except ValueError as exc:
             raise _invalid(("body",), f"invalid JSON: {exc}", "json_invalid") from None
         raise _invalid(("body",), "expected a JSON object", "model_attributes_type")
-    rest_bytes = body if s < 0 else b"".join((body[:s], b"null", body[e:]))
-    if s >= 0 and body[s:e].strip() != b"null":
+    view = memoryview(body)
+    rest_bytes = body if s < 0 else b"".join((view[:s], b"null", view[e:]))
+    if s >= 0 and bytes(view[s:e]).strip() != b"null":
         vectors = _parse_vectors(body, buf, s, e, dim, limit, what, setting)
     try:
         rest = loads(rest_bytes)
@@ -258,7 +259,7 @@ def parse_json(body: bytes, model: type[M], dim: int | None, limit: int, what: s
     return req, vectors
 
 
-def _parse_vectors(body: bytes, buf: np.ndarray, s: int, e: int, dim: int | None, limit: int, what: str,
+def _parse_vectors(body: bytes | bytearray, buf: np.ndarray, s: int, e: int, dim: int | None, limit: int, what: str,
                    setting: str) -> np.ndarray:
     starts, ends, counts, err = measure_rows(buf, s, e, _WS, _NUM)
     if err == 1:
@@ -294,7 +295,7 @@ def check_count(n: int, limit: int, what: str, setting: str) -> None:
         raise TooLarge("too_many_vectors", f"{n} {what} in one request; this server takes at most {limit} ({setting})")
 
 
-def parse_binary(body: bytes, dim: int, limit: int, what: str, setting: str) -> np.ndarray:
+def parse_binary(body: bytes | bytearray, dim: int, limit: int, what: str, setting: str) -> np.ndarray:
     """Raw little-endian float32 rows of dimension ``dim`` (no copy)."""
     row = 4 * dim
     if not body or len(body) % row:
