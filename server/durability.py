@@ -31,7 +31,7 @@ from annvq.errors import AnnvqError, FormatError
 from annvq.storage import atomic_path, crc, dumps
 
 from .state import IndexState, Meta
-from .wal import OP_ADD, LogReader, Record, WriteAheadLog
+from annvq.storage.wal import OP_ADD, LogReader, Record, WriteAheadLog
 
 log = logging.getLogger("annvq.server")
 

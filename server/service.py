@@ -36,7 +36,7 @@ from .durability import INDEX_DIR, RepairReport, apply, checkpoint, initialise, 
 from .errors import Conflict, IndexExists, IndexNotFound, JobNotFound, LimitExceeded, Unavailable
 from .jobs import KEPT_JOBS, Job
 from .state import IndexState, Meta
-from .wal import OP_ADD, OP_DELETE, Record
+from annvq.storage.wal import OP_ADD, OP_DELETE, Record
 
 log = logging.getLogger("annvq.server")
 

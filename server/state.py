@@ -19,7 +19,7 @@ from annvq import BaseIndex, IndexSpec
 from .errors import IndexDamaged
 from .jobs import Job
 from .locks import RWLock
-from .wal import WriteAheadLog
+from annvq.storage.wal import WriteAheadLog
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from annvq.errors import FormatError  # noqa: E402
 from annvq_server.app import create_app  # noqa: E402
 from annvq_server.config import ServerConfig  # noqa: E402
 from annvq_server.service import IndexService  # noqa: E402
-from annvq_server.wal import HEADER_SIZE, OP_ADD, OP_DELETE, LogReader, Record, WriteAheadLog  # noqa: E402
+from annvq.storage.wal import HEADER_SIZE, OP_ADD, OP_DELETE, LogReader, Record, WriteAheadLog  # noqa: E402
 
 D = 8
 QUIET = dict(checkpoint_ops=10**6, checkpoint_seconds=3600, compaction_seconds=3600)

@@ -1,4 +1,4 @@
-"""Write-ahead log of one index: append-only records, each checksummed and chained to the one before.
+"""Write-ahead log: append-only records, each checksummed and chained to the one before.
 
 File layout, integers little-endian::
 
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from annvq.errors import FormatError
+from ..errors import FormatError
+from .h5 import fsync_dir
 
 MAGIC = b"ANNVQWL2"
 REC_MAGIC = b"ANQR"
@@ -211,8 +212,6 @@ class WriteAheadLog:
         except BaseException:
             os.close(fd)
             raise
-        from annvq.storage import fsync_dir
-
         fsync_dir(path.parent)
         return cls(path, fd, HEADER_SIZE, salt, first_lsn)
 
