@@ -17,9 +17,9 @@ import inspect
 import math
 import re
 import typing
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from .errors import InvalidInputError, SpecError
 
@@ -38,19 +38,35 @@ MAX_MODEL_BYTES = 4 << 30  # refuse specs whose codebooks and centroids would no
 _AT_LEAST_ONE = ("beam_size", "train_beam_size", "max_points_per_centroid", "max_train_points")
 
 
+def whole_number(value: Any) -> Any:
+    """JSON integers, also written as 8.0 (JSON Schema's ``integer``); never strings or booleans."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected an integer, got {type(value).__name__}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"expected an integer, got {value}")
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(whole_number)]
+"""An int field that takes what JSON Schema calls an integer (5 or 5.0) and nothing else."""
+
+
 class IndexSpec(BaseModel):
     """What index to build: the codec, its size, and the optional IVF layer and re-ranking."""
 
     model_config = ConfigDict(extra="forbid")
 
     codec: CodecKind = Field(description="codec: sq, pq, opq, rq, aq or cq")
-    M: int = Field(8, ge=1, le=1024, description="number of sub-codes per vector (d for sq)")
-    nbits: int = Field(8, ge=1, le=16, description="bits per sub-code")
+    M: WholeNumber = Field(8, ge=1, le=1024, description="number of sub-codes per vector (d for sq)")
+    nbits: WholeNumber = Field(8, ge=1, le=16, description="bits per sub-code")
     norm_bits: Literal[8, 32] = Field(8, description="bits of the stored ||x||^2 for flat rq/aq indexes under L2 "
                                       "(IVF indexes keep it exactly, in memory)")
-    nlist: int | None = Field(None, ge=1, le=1 << 20, description="inverted lists; None for a flat (exhaustive) index")
+    nlist: WholeNumber | None = Field(None, ge=1, le=1 << 20,
+                                      description="inverted lists; None for a flat (exhaustive) index")
     coarse: Literal["flat", "tree"] = Field("flat", description="coarse quantizer of an IVF index")
-    rerank: bool = Field(False, description="keep exact vectors on disk and re-rank candidates with them")
+    rerank: bool = Field(False, strict=True, description="keep exact vectors and re-rank candidates with them")
     options: dict[str, Any] = Field(default_factory=dict, description="extra codec parameters, e.g. beam_size")
 
     @model_validator(mode="after")

@@ -143,16 +143,29 @@ def _job_error(job: Job) -> Exception:
     return Unavailable("training_failed", f"training job {job.id} failed: {job.error}")
 
 
+def _links(**targets: dict[str, str]) -> dict[str, Any]:
+    """OpenAPI links from an operation's answer to the operations that can follow it (for clients and
+    for stateful API testing)."""
+    return {"links": {op: {"operationId": op, "parameters": params} for op, params in targets.items()}}
+
+
+_NAME = {"name": "$request.path.name"}
+_CREATED = _links(describeIndex=_NAME, addVectors=_NAME, trainIndex=_NAME, searchIndex=_NAME,
+                  retrieveVectors=_NAME, deleteVectors=_NAME, dropIndex=_NAME)
+_ADDED = _links(getVector={**_NAME, "id": "$response.body#/ids/0"}, searchIndex=_NAME,
+                deleteVectors=_NAME, trainIndex=_NAME)
+_JOB = _links(getJob={**_NAME, "job_id": "$response.body#/id"}, searchIndex=_NAME)
+
 router = APIRouter()
 
 
-@router.get("/health", response_model=models.Status, tags=["service"])
+@router.get("/health", operation_id="health", response_model=models.Status, tags=["service"])
 async def health() -> FastJSONResponse:
     """Liveness: answers while the process runs (no API key needed)."""
     return FastJSONResponse({"status": "ok"})
 
 
-@router.get("/ready", response_model=models.Status, responses=_ERRORS, tags=["service"])
+@router.get("/ready", operation_id="ready", response_model=models.Status, responses=_ERRORS, tags=["service"])
 async def ready(ctx: Ctx) -> FastJSONResponse:
     """Readiness: 200 once every index is recovered (``degraded`` lists damaged indexes and failing
     checkpoints), 503 while starting or shutting down."""
@@ -161,13 +174,14 @@ async def ready(ctx: Ctx) -> FastJSONResponse:
                              "problems": problems or None})
 
 
-@router.get("/indexes", response_model=models.IndexList, responses=_ERRORS, tags=["indexes"])
+@router.get("/indexes", operation_id="listIndexes", response_model=models.IndexList, responses=_ERRORS, tags=["indexes"])
 async def list_indexes(ctx: Ctx) -> FastJSONResponse:
     """Every index with its state: ready, or damaged (with what failed)."""
     return FastJSONResponse({"indexes": await ctx.read(ctx.service.describe_all)})
 
 
-@router.put("/indexes/{name}", status_code=201, response_model=models.IndexInfo, responses=_ERRORS,
+@router.put("/indexes/{name}", operation_id="createIndex", status_code=201, response_model=models.IndexInfo,
+            responses={**_ERRORS, 201: _CREATED},
             openapi_extra=_body_doc(models.CreateIndexRequest, binary=False), tags=["indexes"])
 async def create_index(name: IndexName, request: Request, ctx: Ctx) -> FastJSONResponse:
     """Create an empty index from a spec; add vectors and train it in either order."""
@@ -176,19 +190,19 @@ async def create_index(name: IndexName, request: Request, ctx: Ctx) -> FastJSONR
     return FastJSONResponse(info, status_code=201)
 
 
-@router.get("/indexes/{name}", response_model=models.IndexInfo, responses=_ERRORS, tags=["indexes"])
+@router.get("/indexes/{name}", operation_id="describeIndex", response_model=models.IndexInfo, responses=_ERRORS, tags=["indexes"])
 async def describe_index(name: IndexName, ctx: Ctx) -> FastJSONResponse:
     return FastJSONResponse(await ctx.read(ctx.service.describe, name))
 
 
-@router.delete("/indexes/{name}", response_model=models.Status, responses=_ERRORS, tags=["indexes"])
+@router.delete("/indexes/{name}", operation_id="dropIndex", response_model=models.Status, responses=_ERRORS, tags=["indexes"])
 async def drop_index(name: IndexName, ctx: Ctx) -> FastJSONResponse:
     """Delete the index and all its files (a damaged one too)."""
     await ctx.write(ctx.service.drop, name)
     return FastJSONResponse({"status": "dropped"})
 
 
-@router.post("/indexes/{name}/repair", response_model=models.RepairReport, responses=_ERRORS, tags=["indexes"])
+@router.post("/indexes/{name}/repair", operation_id="repairIndex", response_model=models.RepairReport, responses=_ERRORS, tags=["indexes"])
 async def repair_index(name: IndexName, ctx: Ctx) -> FastJSONResponse:
     """Bring a damaged index back: apply every readable logged operation after its checkpoint (skipping
     damaged records), keep a copy of the original logs, and report what was lost. 409 if not damaged."""
@@ -196,7 +210,10 @@ async def repair_index(name: IndexName, ctx: Ctx) -> FastJSONResponse:
     return FastJSONResponse(report.to_dict())
 
 
-@router.post("/indexes/{name}/train", status_code=202, response_model=models.Job, responses=_ERRORS,
+@router.post("/indexes/{name}/train", operation_id="trainIndex", status_code=202, response_model=models.Job,
+             responses={**_ERRORS, 200: {"model": models.Job, "description": "the finished job (wait=true)"},
+                        202: {**_JOB, "headers": {"Location": {"schema": {"type": "string"},
+                                                               "description": "where to poll the job"}}}},
              openapi_extra=_body_doc(models.TrainRequest, binary=True, required=False), tags=["indexes"])
 async def train_index(
     name: IndexName, request: Request, ctx: Ctx,
@@ -221,12 +238,13 @@ async def train_index(
     return FastJSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/indexes/{name}/jobs/{job.id}"})
 
 
-@router.get("/indexes/{name}/jobs/{job_id}", response_model=models.Job, responses=_ERRORS, tags=["indexes"])
+@router.get("/indexes/{name}/jobs/{job_id}", operation_id="getJob", response_model=models.Job, responses=_ERRORS, tags=["indexes"])
 async def get_job(name: IndexName, job_id: Annotated[str, PathParam(max_length=64)], ctx: Ctx) -> FastJSONResponse:
     return FastJSONResponse(ctx.service.job(name, job_id).to_dict())
 
 
-@router.post("/indexes/{name}/vectors", response_model=models.AddResponse, responses=_ERRORS,
+@router.post("/indexes/{name}/vectors", operation_id="addVectors", response_model=models.AddResponse,
+             responses={**_ERRORS, 200: _ADDED},
              openapi_extra=_body_doc(models.AddRequest, binary=True), tags=["vectors"])
 async def add_vectors(
     name: IndexName, request: Request, ctx: Ctx,
@@ -246,7 +264,7 @@ async def _ids_body(request: Request, ctx: Ctx) -> list[int]:
     return req.ids
 
 
-@router.delete("/indexes/{name}/vectors", response_model=models.DeleteResponse, responses=_ERRORS,
+@router.delete("/indexes/{name}/vectors", operation_id="deleteVectors", response_model=models.DeleteResponse, responses=_ERRORS,
                openapi_extra=_body_doc(models.IdsRequest, binary=False), tags=["vectors"])
 async def delete_vectors(name: IndexName, request: Request, ctx: Ctx) -> FastJSONResponse:
     """Delete vectors by id; if any id is unknown nothing is deleted (404)."""
@@ -254,14 +272,14 @@ async def delete_vectors(name: IndexName, request: Request, ctx: Ctx) -> FastJSO
     return FastJSONResponse({"deleted": await ctx.write(ctx.service.delete, name, ids)})
 
 
-@router.post("/indexes/{name}/vectors/delete", response_model=models.DeleteResponse, responses=_ERRORS,
+@router.post("/indexes/{name}/vectors/delete", operation_id="deleteVectorsPost", response_model=models.DeleteResponse, responses=_ERRORS,
              openapi_extra=_body_doc(models.IdsRequest, binary=False), tags=["vectors"])
 async def delete_vectors_post(name: IndexName, request: Request, ctx: Ctx) -> FastJSONResponse:
     """Same as ``DELETE /indexes/{name}/vectors``, for clients that cannot send a body with DELETE."""
     return await delete_vectors(name, request, ctx)
 
 
-@router.post("/indexes/{name}/vectors/retrieve", response_model=models.VectorsResponse, responses=_ERRORS,
+@router.post("/indexes/{name}/vectors/retrieve", operation_id="retrieveVectors", response_model=models.VectorsResponse, responses=_ERRORS,
              openapi_extra=_body_doc(models.IdsRequest, binary=False), tags=["vectors"])
 async def retrieve_vectors(name: IndexName, request: Request, ctx: Ctx) -> FastJSONResponse:
     """Vectors by id: exact where the index keeps them (before training, Refine), else reconstructions."""
@@ -270,7 +288,7 @@ async def retrieve_vectors(name: IndexName, request: Request, ctx: Ctx) -> FastJ
     return FastJSONResponse({"ids": ids, "vectors": x, "exact": exact})
 
 
-@router.get("/indexes/{name}/vectors/{id:int}", response_model=models.VectorResponse, responses=_ERRORS,
+@router.get("/indexes/{name}/vectors/{id:int}", operation_id="getVector", response_model=models.VectorResponse, responses=_ERRORS,
             tags=["vectors"])
 async def get_vector(name: IndexName, id: Annotated[int, PathParam(ge=0, le=MAX_ID, description="vector id")],
                      ctx: Ctx) -> FastJSONResponse:
@@ -278,7 +296,7 @@ async def get_vector(name: IndexName, id: Annotated[int, PathParam(ge=0, le=MAX_
     return FastJSONResponse({"id": id, "vector": x[0], "exact": exact})
 
 
-@router.post("/indexes/{name}/search", response_model=models.SearchResponse, responses=_ERRORS,
+@router.post("/indexes/{name}/search", operation_id="searchIndex", response_model=models.SearchResponse, responses=_ERRORS,
              openapi_extra=_body_doc(models.SearchRequest, binary=True), tags=["vectors"])
 async def search(
     name: IndexName, request: Request, ctx: Ctx,

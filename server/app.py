@@ -25,6 +25,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import annvq
+from annvq import IndexSpec
 from annvq.errors import AnnvqError
 
 from . import models
@@ -143,6 +144,7 @@ def _openapi(app: FastAPI, config: ServerConfig) -> dict[str, Any]:
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     limits = {"AddRequest": config.max_batch, "TrainRequest": config.max_batch, "SearchRequest": config.max_queries}
+    components["IndexSpec"] = IndexSpec.model_json_schema(ref_template="#/components/schemas/{model}")
     for model in (models.CreateIndexRequest, models.AddRequest, models.TrainRequest, models.SearchRequest,
                   models.IdsRequest):
         s = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -158,6 +160,8 @@ def _openapi(app: FastAPI, config: ServerConfig) -> dict[str, Any]:
             props["k"]["maximum"] = config.max_k
         if "dim" in props:
             props["dim"]["maximum"] = config.max_dim
+        if "spec" in props:  # the object form is an IndexSpec (its pydantic schema cannot name it directly)
+            props["spec"]["anyOf"][1] = {"$ref": "#/components/schemas/IndexSpec"}
         components[model.__name__] = s
     for path in schema.get("paths", {}).values():
         for op in path.values():

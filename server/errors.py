@@ -71,7 +71,8 @@ class TooLarge(ServiceError):
 
 
 class LimitExceeded(ServiceError):
-    """A parameter over one of this server's limits (max_k, max_dim, max_codec_bytes)."""
+    """A parameter over one of this server's limits (max_k, max_dim, max_codec_bytes); answered 400 like
+    other values the server cannot take."""
 
     code = "limit_exceeded"
 
@@ -95,7 +96,7 @@ HTTP_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (NotTrainedError, 409),
     (DuplicateIdError, 409),
     (TooLarge, 413),
-    (LimitExceeded, 422),
+    (LimitExceeded, 400),
     (Unavailable, 503),
     (DimensionError, 400),
     (SpecError, 400),

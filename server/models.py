@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
-from annvq.spec import IndexSpec
+from annvq.spec import WholeNumber, whole_number
 
 # strict: no strings or booleans passed off as numbers; finite: no NaN or infinity
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-VectorId = Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)]
+VectorId = Annotated[int, Field(ge=0, le=2**63 - 1), BeforeValidator(whole_number)]  # constraints first: schema
 Vectors = Annotated[list[Annotated[list[FiniteFloat], Field(min_length=1)]],
                     Field(min_length=1, description="a batch of vectors, one list of numbers each, all of the "
                                                     "index's dimension")]
@@ -20,9 +20,12 @@ class _Body(BaseModel):
 
 
 class CreateIndexRequest(_Body):
-    dim: int = Field(strict=True, ge=1, description="vector dimension", examples=[128])
-    spec: str | IndexSpec = Field(description="index spec string (e.g. PQ8x8, OPQ16,PQ16x8, SQ8, IVF64,PQ16x8) "
-                                              "or the same as an object", examples=["PQ8x8"])
+    dim: WholeNumber = Field(ge=1, description="vector dimension", examples=[128])
+    spec: Annotated[str | dict[str, Any], WithJsonSchema({"anyOf": [
+        {"type": "string", "minLength": 1, "maxLength": 200}, {"type": "object"}]})] = Field(
+        description="index spec string (e.g. PQ8x8, OPQ16,PQ16x8, SQ8, IVF64,PQ16x8) or the same as an object. "
+                    "Rules between fields (PQ's M dividing dim, a tree coarse quantizer needing nlist...) are "
+                    "checked by the service: 400 invalid_spec", examples=["PQ8x8"])
     metric: Literal["l2", "ip", "cosine"] = Field("l2", description="l2: squared distances; ip, cosine: similarities")
 
 
@@ -39,10 +42,10 @@ class TrainRequest(_Body):
 
 class SearchRequest(_Body):
     vectors: Vectors
-    k: int = Field(10, strict=True, ge=1, description="neighbours per query")
-    nprobe: int | None = Field(None, strict=True, ge=1, description="inverted lists to visit (IVF indexes only)")
+    k: WholeNumber = Field(10, ge=1, description="neighbours per query")
+    nprobe: WholeNumber | None = Field(None, ge=1, description="inverted lists to visit (IVF indexes only)")
     rerank: bool | None = Field(None, strict=True, description="re-rank with exact vectors (indexes built with Refine)")
-    k_factor: int | None = Field(None, strict=True, ge=1, le=1024,
+    k_factor: WholeNumber | None = Field(None, ge=1, le=1024,
                                  description="re-rank the best k_factor * k candidates (with rerank)")
 
 

@@ -198,7 +198,7 @@ BAD_SEARCHES = [
     ({"vectors": [[0.0] * D], "k": -3}, 422),
     ({"vectors": [[0.0] * D], "k": "5"}, 422),
     ({"vectors": [[0.0] * D], "k": 2.5}, 422),
-    ({"vectors": [[0.0] * D], "k": 51}, 422),  # over max_k
+    ({"vectors": [[0.0] * D], "k": 51}, 400),  # over max_k
     ({"vectors": [[0.0] * D], "nprobe": 0}, 422),
     ({"vectors": [[0.0] * (D + 1)]}, 400),
     ({"vectors": []}, 422),
@@ -245,16 +245,16 @@ def test_bad_deletes_and_reads(client, trained):
     ("x", {"dim": D, "spec": "PQ3x8"}, 400, "invalid_spec"),  # 16 is not a multiple of 3
     ("x", {"dim": D, "spec": "XYZ"}, 400, "invalid_spec"),
     ("x", {"dim": D, "spec": ""}, 400, "invalid_spec"),
-    ("x", {"dim": D, "spec": {"codec": "pq", "M": 4, "nbits": 99}}, 422, None),
+    ("x", {"dim": D, "spec": {"codec": "pq", "M": 4, "nbits": 99}}, 400, "invalid_spec"),
     ("x", {"dim": D, "spec": {"codec": "pq", "M": 4, "options": {"niter": "many"}}}, 400, "invalid_spec"),
     ("x", {"dim": D, "spec": {"codec": "pq", "M": 4, "options": {"no_such_option": 1}}}, 400, "invalid_spec"),
     ("x", {"dim": 0, "spec": "SQ8"}, 422, None),
-    ("x", {"dim": 257, "spec": "SQ8"}, 422, "limit_exceeded"),  # over max_dim
-    ("x", {"dim": D, "spec": "AQ1024x16"}, 422, "limit_exceeded"),  # refused before anything is allocated
+    ("x", {"dim": 257, "spec": "SQ8"}, 400, "limit_exceeded"),  # over max_dim
+    ("x", {"dim": D, "spec": "AQ1024x16"}, 400, "limit_exceeded"),  # refused before anything is allocated
     ("x", {"dim": D, "spec": "PQ８"}, 400, "invalid_spec"),  # a full-width digit
     ("x", {"dim": D, "spec": {"codec": "pq", "M": 4, "options": {"random_state": "abc"}}}, 400, "invalid_spec"),
     ("x", {"dim": D, "spec": {"codec": "pq", "M": 4, "options": {"niter": -5}}}, 400, "invalid_spec"),
-    ("x", {"dim": 256, "spec": "PQ1x16"}, 422, "limit_exceeded"),  # 65536 x 256 floats of codebook
+    ("x", {"dim": 256, "spec": "PQ1x16"}, 400, "limit_exceeded"),  # 65536 x 256 floats of codebook
     ("x", {"dim": "16", "spec": "SQ8"}, 422, None),
     ("x", {"dim": D, "spec": "SQ8", "metric": "hamming"}, 422, None),
     ("x", {"spec": "SQ8"}, 422, None),

@@ -1,54 +1,39 @@
-"""Property-based run over the OpenAPI schema (schemathesis, in-process ASGI): no request gets a 5xx,
-and every error comes in the documented ``{"error": {"code", "message"}}`` form."""
+"""``schemathesis run --checks all`` against a real server: every schema-valid request is accepted or
+answered with a documented status, every schema-violating one refused, responses match the schema
+(statuses, bodies, content types, headers), undeclared methods get 405 with a full Allow header, and
+resources created are available until deleted. Two bounded passes: all modes over random names with
+stateful runs along the OpenAPI links, then valid data only against a populated, trained index."""
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-schemathesis = pytest.importorskip("schemathesis")
-from fastapi.testclient import TestClient  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+pytest.importorskip("schemathesis")
+from test_server_e2e import ServerProcess  # noqa: E402
 
-from annvq_server.app import create_app  # noqa: E402
-from annvq_server.config import ServerConfig  # noqa: E402
-
-# small limits keep generated specs and batches cheap
-LIMITS = dict(max_batch=64, max_queries=16, max_k=32, max_dim=32, max_body_bytes=1 << 18, max_codec_bytes=1 << 18,
-              checkpoint_ops=5)
+HERE = Path(__file__).parent
+LIMITS = ("--max-batch", "64", "--max-queries", "16", "--max-k", "32", "--max-dim", "32",
+          "--max-body-bytes", "262144", "--max-codec-bytes", "262144", "--checkpoint-ops", "5")
 
 
-def _app_with_demo_index():
-    """The app over a fresh data directory that already holds a trained index ``demo`` (dim 4).
-
-    Built at import because schemathesis needs the app to collect one test per operation.
-    """
-    data_dir = tempfile.mkdtemp(prefix="annvq-schema-")
-    atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
-    cfg = ServerConfig(data_dir=data_dir, **LIMITS)
-    x = np.random.default_rng(0).standard_normal((40, 4)).tolist()
-    with TestClient(create_app(cfg)) as c:
-        c.put("/indexes/demo", json={"dim": 4, "spec": "SQ8"})
-        c.post("/indexes/demo/vectors", json={"vectors": x})
+@pytest.mark.parametrize("config,mode", [("schemathesis.toml", "all"), ("schemathesis-populated.toml", "positive")])
+def test_schemathesis_all_checks(tmp_path, config, mode):
+    srv = ServerProcess(tmp_path / "data", *LIMITS).start()
+    try:
+        c = srv.client
+        assert c.put("/indexes/demo", json={"dim": 4, "spec": "SQ8"}).status_code == 201
+        c.post("/indexes/demo/vectors", json={"vectors": np.random.default_rng(0).standard_normal((40, 4)).tolist()})
         assert c.post("/indexes/demo/train?wait=true").status_code == 200
-    return create_app(cfg)
-
-
-# dropping the index would leave little to explore; the drop itself is covered by tests/test_server_api.py
-schema = schemathesis.openapi.from_asgi("/openapi.json", _app_with_demo_index()).exclude(
-    method="DELETE", path="/indexes/{name}")
-
-
-@schema.parametrize()
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-def test_no_server_errors(case):
-    if "{name}" in case.path and case.method != "PUT":
-        case.path_parameters["name"] = "demo"  # reach the index's state, not only the 404 for unknown names
-    response = case.call()
-    assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.status_code} {response.text}"
-    if response.status_code >= 400:
-        error = response.json()["error"]
-        assert isinstance(error["code"], str) and error["message"]
+        st = Path(sys.executable).with_name("schemathesis")
+        run = subprocess.run(
+            [str(st), "--config-file", str(HERE / config), "--no-color", "run",
+             f"http://127.0.0.1:{srv.port}/openapi.json", "--checks", "all", "--mode", mode, "--max-examples", "10",
+             "--max-time", "30", "--seed", "7", "--workers", "1"],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    finally:
+        srv.stop()
