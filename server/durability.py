@@ -27,6 +27,7 @@ from typing import Any
 
 import annvq
 from annvq import IndexSpec
+from annvq.index import Encoded
 from annvq.errors import AnnvqError, FormatError
 from annvq.storage import atomic_path, crc, dumps
 
@@ -66,12 +67,15 @@ def read_meta(path: Path) -> Meta:
 
 
 # --- applying logged operations -----------------------------------------------------------------
-def apply(st: IndexState, rec: Record) -> None:
-    """Apply a logged record to the index (under the write lock) and to a running training's delta."""
+def apply(st: IndexState, rec: Record, encoded: Encoded | None = None) -> None:
+    """Apply a logged record to the index (under the write lock) and to a running training's delta.
+
+    ``encoded`` is the record's vectors already encoded (outside the lock) by :meth:`BaseIndex.encode`.
+    """
     index = st.usable()
     with st.rw.write():
         if rec.op == OP_ADD:
-            index.add(rec.vectors, rec.ids)
+            index.add(rec.vectors if encoded is None else encoded, rec.ids)
         else:
             index.remove(rec.ids)
     if st.delta is not None:

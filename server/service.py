@@ -28,6 +28,7 @@ import numpy as np
 
 import annvq
 from annvq import IndexSpec
+from annvq.index import Encoded
 from annvq.errors import FormatError, InvalidInputError
 from annvq.spec import as_spec
 
@@ -198,12 +199,17 @@ class IndexService:
 
     # --- writes -------------------------------------------------------------------------------
     def add(self, name: str, x: Any, ids: Any = None) -> tuple[np.ndarray, bool]:
-        """Durably add vectors; returns their ids and whether they wait raw for training."""
+        """Durably add vectors; returns their ids and whether they wait raw for training.
+
+        The vectors are encoded before the write mutex is taken, so concurrent adds encode in parallel;
+        only the checks of ids, the log append and the in-memory append are serialised.
+        """
         st = self.get(name)
+        batch = st.usable().encode(x)
         with st.write_mutex:
             self._check_writable(st)
-            x, new_ids = st.index.check_add(x, ids)
-            self._log_and_apply(st, Record(OP_ADD, st.lsn + 1, new_ids, x))
+            x, new_ids = st.index.check_add(batch, ids)
+            self._log_and_apply(st, Record(OP_ADD, st.lsn + 1, new_ids, x), batch)
             return new_ids, not st.index.is_trained
 
     def delete(self, name: str, ids: Any) -> int:
@@ -215,14 +221,14 @@ class IndexService:
             self._log_and_apply(st, Record(OP_DELETE, st.lsn + 1, ids))
         return int(ids.shape[0])
 
-    def _log_and_apply(self, st: IndexState, rec: Record) -> None:
+    def _log_and_apply(self, st: IndexState, rec: Record, encoded: Encoded | None = None) -> None:
         """Append ``rec`` durably, then apply it. Call with the write mutex held, after all checks."""
         try:
             st.wal.append(rec)
         except OSError as exc:
             log.error("write-ahead log of %r failed: %s", st.name, exc)
             raise Unavailable("storage_error", f"could not write the log durably: {exc}") from None
-        apply(st, rec)
+        apply(st, rec, encoded)
         if st.ops_since_ckpt >= self.config.checkpoint_ops:
             self._wake.set()
 

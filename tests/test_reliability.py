@@ -307,3 +307,71 @@ def test_searches_during_a_drop_get_200_or_404(server):
         for t in threads:
             t.join(30)
         assert set(statuses) <= {200, 404} and 404 in statuses, statuses
+
+
+def test_kill_9_during_checkpoints_seals_and_merges(tmp_path):
+    """Adds and deletes stream into an IVF index that checkpoints (sealing segments) every few operations
+    and merges segments in the background; the server is killed at random moments. After each restart
+    every acknowledged add is there, no acknowledged delete has come back, and the index loads."""
+    import signal
+    import threading
+
+    import httpx
+    from test_server_e2e import ServerProcess
+
+    d = 8
+    flags = ("--checkpoint-ops", "3", "--checkpoint-seconds", "0.3", "--compaction-seconds", "0.2")
+    srv = ServerProcess(tmp_path / "data", *flags).start()
+    rng = np.random.default_rng(11)
+    train = rng.normal(size=(500, d)).astype(np.float32)
+    srv.client.put("/indexes/m", json={"dim": d, "spec": "IVF4,SQ8,Refine"})
+    assert srv.client.post("/indexes/m/train?wait=true", content=train.tobytes(),
+                           headers={"content-type": "application/octet-stream"}).status_code == 200
+    added: dict[int, np.ndarray] = {}
+    deleted: set[int] = set()
+    next_id = 0
+    for rnd in range(4):
+        stop = threading.Event()
+
+        def writer(start: int) -> None:
+            i = start
+            with httpx.Client(base_url=f"http://127.0.0.1:{srv.port}", timeout=30) as c:
+                while not stop.is_set():
+                    x = np.random.default_rng(i).normal(size=(10, d)).astype(np.float32)
+                    ids = list(range(i, i + 10))
+                    try:
+                        r = c.post("/indexes/m/vectors", params={"ids": ",".join(map(str, ids))}, content=x.tobytes(),
+                                   headers={"content-type": "application/octet-stream"})
+                        if r.status_code != 200:
+                            return
+                        added.update(zip(ids, x))
+                        gone = ids[::3]
+                        r = c.request("DELETE", "/indexes/m/vectors", json={"ids": gone})
+                        if r.status_code != 200:
+                            return
+                        deleted.update(gone)
+                    except httpx.TransportError:
+                        return
+                    i += 10
+
+        t = threading.Thread(target=writer, args=(next_id,))
+        t.start()
+        threading.Event().wait(float(rng.uniform(0.8, 2.5)))
+        srv.stop(signal.SIGKILL)
+        stop.set()
+        t.join(30)
+        srv = ServerProcess(tmp_path / "data", *flags).start()
+        c = srv.client
+        live = sorted(set(added) - deleted)
+        assert c.get("/indexes/m").json()["state"] == "ready"
+        for s in range(0, len(live), 500):
+            r = c.post("/indexes/m/vectors/retrieve", json={"ids": live[s : s + 500]})
+            assert r.status_code == 200, r.text
+            assert np.array_equal(np.float32(r.json()["vectors"]), np.stack([added[i] for i in live[s : s + 500]]))
+        for gone in sorted(deleted)[:: max(1, len(deleted) // 50)]:
+            assert c.get(f"/indexes/m/vectors/{gone}").status_code == 404
+        next_id = max(added, default=0) + 1000  # past any batch that was in flight
+    info = srv.client.get("/indexes/m").json()
+    assert info["ntotal"] >= len(set(added) - deleted) and len(added) > 0
+    srv.stop()
+    assert annvq.load(tmp_path / "data" / "m" / "index").ntotal <= info["ntotal"]

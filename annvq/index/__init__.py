@@ -1,10 +1,10 @@
 """Index types; each composes a codec."""
-from .base import BaseIndex
+from .base import BaseIndex, Encoded
 from .flat import FlatIndex
 from .ivf import IVFIndex
 from .compaction import TieredMergePolicy
 from .norms import NormCodec
 from .params import FlatSearchParams, IVFSearchParams, SearchParams
 
-__all__ = ["BaseIndex", "FlatIndex", "IVFIndex", "NormCodec", "TieredMergePolicy", "SearchParams",
+__all__ = ["BaseIndex", "Encoded", "FlatIndex", "IVFIndex", "NormCodec", "TieredMergePolicy", "SearchParams",
            "FlatSearchParams", "IVFSearchParams"]

@@ -13,8 +13,10 @@ vector database takes inserts before it builds its index; searching needs a trai
 from __future__ import annotations
 
 import hashlib
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,9 +33,22 @@ from .params import FlatSearchParams, SearchParams, parse_params
 from .segments import ROW_BITS, ROW_MASK, GrowingSegment, MemoryVectors, Rows, Segment
 
 _INDEX_TYPES: dict[str, type["BaseIndex"]] = {}
+_MODEL_SERIALS = itertools.count(1)
 _MAX_ID = np.iinfo(np.int64).max
 _REENCODE_ROWS = 65536  # rows re-encoded at a time by a retrain
 SEAL_ROWS = 65536
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A batch encoded by an index's model (:meth:`BaseIndex.encode`): the checked vectors and their rows.
+
+    ``model`` identifies the model; :meth:`BaseIndex.add` re-encodes a batch whose model was replaced.
+    """
+
+    vectors: np.ndarray
+    rows: Rows
+    model: int
 
 
 class BaseIndex(ABC):
@@ -77,6 +92,7 @@ class BaseIndex(ABC):
         self._next_seg_id = 1
         self._next_id = 0
         self._fingerprint: str | None = None
+        self._model_serial = next(_MODEL_SERIALS)  # changes whenever the model does
 
     # --- facts ---------------------------------------------------------------------------------
     @property
@@ -267,6 +283,7 @@ class BaseIndex(ABC):
             self.norms.fit(self._norm_values(self.codec.encode(x)))
         self._growing = self._new_growing()
         self._fingerprint = None
+        self._model_serial = next(_MODEL_SERIALS)
 
     def _exact_training_vectors(self) -> np.ndarray:
         parts = [x for _, x, exact in self.iter_vectors() if exact]
@@ -300,12 +317,22 @@ class BaseIndex(ABC):
         """Whether rows carry exact vectors: raw rows before training, and ``Refine`` indexes."""
         return self.rerank or not self.is_trained
 
+    def encode(self, x: Any) -> Encoded:
+        """Vectors checked and encoded by this index's model, ready for :meth:`add`; changes nothing.
+
+        Encoding is the costly part of an add and reads only the model, so callers that serialise
+        writes (a service) can encode outside their lock, several batches at a time.
+        """
+        x = self.prepare(x, "x")
+        return Encoded(x, self._encode(x, np.empty(0, np.int64)), self._model_serial)
+
     def check_add(self, x: Any, ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """``(vectors, ids)`` as :meth:`add` would store them, or the error it would raise; changes nothing.
 
-        For callers that record an operation (a write-ahead log) before applying it.
+        For callers that record an operation (a write-ahead log) before applying it. ``x`` may be an
+        :class:`Encoded` batch.
         """
-        x = self.prepare(x, "x")
+        x = x.vectors if isinstance(x, Encoded) else self.prepare(x, "x")
         return x, self._new_ids(ids, x.shape[0])
 
     def check_remove(self, ids: Any) -> np.ndarray:
@@ -321,14 +348,16 @@ class BaseIndex(ABC):
         return ids
 
     def add(self, x: Any, ids: Any = None) -> np.ndarray:
-        """Store vectors; returns their external ids (counting up when ``ids`` is None).
+        """Store vectors (or a batch from :meth:`encode`); returns their external ids (counting up when
+        ``ids`` is None).
 
         Before training they are kept raw and encoded by :meth:`train`. Costs O(len(x)) whatever the
         size of the index.
         """
-        x = self.prepare(x, "x")
-        new_ids = self._new_ids(ids, x.shape[0])
-        self._add_rows(self._encode(x, new_ids))
+        batch = x if isinstance(x, Encoded) and x.model == self._model_serial else \
+            self.encode(x.vectors if isinstance(x, Encoded) else x)
+        new_ids = self._new_ids(ids, batch.vectors.shape[0])
+        self._add_rows(replace(batch.rows, ids=new_ids))
         return new_ids
 
     def _add_rows(self, rows: Rows) -> None:

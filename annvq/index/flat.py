@@ -40,7 +40,7 @@ class FlatIndex(BaseIndex):
         if self.norms is not None:
             norms = self.norms.encode(self._norm_values(codes))
             bias = self.norms.decode(norms)
-        return Rows(ids, np.zeros(len(ids), np.int64), codes,
+        return Rows(ids, np.zeros(x.shape[0], np.int64), codes,
                     np.empty(0, np.float32) if bias is None else bias, norms, x if self.rerank else None)
 
     def _bias_of(self, codes: np.ndarray, offsets: np.ndarray, norms: np.ndarray | None) -> np.ndarray:
