@@ -3,9 +3,9 @@
 Data is SYNTHETIC (Gaussian vectors, d=128): the figures measure speed only, not recall. The index is
 a flat PQ8x8 index (8-byte codes; ``--spec`` picks another, e.g. an IVF spec once available).
 
-Steps: start ``python -m server`` on 127.0.0.1; create, train and bulk-add through binary
-(application/octet-stream) requests; stop it (the shutdown checkpoint writes the index file); load that
-file in this process and time ``index.search``; restart the server and time the same searches over HTTP
+Steps: start ``python -m annvq_server`` on 127.0.0.1; create, train and bulk-add through binary
+(application/octet-stream) requests; stop it (the shutdown checkpoint writes the index directory); load that
+index in this process and time ``index.search``; restart the server and time the same searches over HTTP
 with keep-alive connections from ``--workers`` client threads, single-vector (JSON and binary) and
 batched (binary). Results go to ``benchmarks/results/server_<spec>_<n>.json`` and a Markdown table on stdout.
 
@@ -49,7 +49,7 @@ def _free_port() -> int:
 
 def _start_server(data_dir: Path, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANNVQ_")}
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "annvq_server", "--host", "127.0.0.1", "--port", str(port),
                              "--data-dir", str(data_dir), "--log-level", "warning", "--no-access-log"],
                             cwd=ROOT, env=env)
     deadline = time.monotonic() + 120
@@ -215,7 +215,7 @@ def main() -> None:
         build_times = build(port, args)
     finally:
         _stop_server(proc)  # the shutdown checkpoint writes the index file loaded below
-    index = annvq.load(next((data_dir / "bench").glob("index-*.h5")))
+    index = annvq.load(data_dir / "bench" / "index")
     rows = in_process(index, xq, args)
     del index
     port = _free_port()

@@ -397,9 +397,13 @@ class BaseIndex(ABC):
 
     def _new_growing(self) -> GrowingSegment:
         trained = self.is_trained
-        return GrowingSegment(self._nlist_now(), self.codec.M if trained else 0,
-                              self.codec.code_dtype if trained else np.uint8, self.d, self._keeps_vectors(),
-                              self.norms.dtype if self.norms is not None and trained else None)
+        nlist = self._nlist_now()
+        # chunks of about twice the rows a list gets before the segment is sealed: few chunks per probed
+        # list to scan, and at most one partly filled chunk per list of slack
+        chunk_rows = 1 << int(np.clip(np.log2(max(1, 2 * self.seal_rows // nlist)), 4, 10))
+        return GrowingSegment(nlist, self.codec.M if trained else 0, self.codec.code_dtype if trained else np.uint8,
+                              self.d, self._keeps_vectors(),
+                              self.norms.dtype if self.norms is not None and trained else None, chunk_rows)
 
     def _nlist_now(self) -> int:
         """Lists of the rows being stored: ``nlist`` once trained, one list of raw rows before."""
