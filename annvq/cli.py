@@ -462,6 +462,22 @@ def serve(
         run(host, port, None if data_dir is None else str(data_dir), api_key)
 
 
+@app.command()
+def repair(
+    index_dir: Annotated[Path, typer.Argument(metavar="DATA_DIR/INDEX", help="a service index's directory",
+                                              show_default=False)],
+) -> None:
+    """Salvage a service index marked damaged (stop the service first): apply every readable logged
+    operation after its last checkpoint, keep a copy of the original logs, report what was lost."""
+    try:
+        from annvq_server.durability import repair as repair_index
+    except ImportError as exc:
+        raise _fail(f"repair needs the service package ({exc}); install annvq[server]") from None
+    with _user_errors():
+        report = repair_index(index_dir)
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+
+
 def _version(value: bool) -> None:
     if value:
         from . import __version__

@@ -42,7 +42,7 @@ def built(sift, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("cmd", [[], ["build"], ["search"], ["info"], ["bench"], ["demo"], ["serve"], ["compact"],
+@pytest.mark.parametrize("cmd", [[], ["build"], ["search"], ["info"], ["bench"], ["demo"], ["serve"], ["compact"], ["repair"],
                                  ["migrate"]])
 def test_help_everywhere(cmd):
     r = run(*cmd, "--help")

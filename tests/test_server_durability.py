@@ -306,3 +306,28 @@ def test_retraining_a_refine_index_keeps_its_exact_vectors(tmp_path):
         c.post("/indexes/p/vectors", json={"vectors": x[:50].tolist()})
         job = c.post("/indexes/p/train?wait=true", json={"vectors": (x * 1.1).tolist()}).json()
         assert job["reencoded_from"] == "reconstructed"  # codes only: said in the job result
+
+
+def test_repair_from_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from annvq.cli import app
+
+    def fill(svc):
+        svc.create("a", D, "SQ8", "l2")
+        for i in range(3):
+            svc.add("a", _vectors(4, i), np.arange(4 * i, 4 * i + 4))
+
+    _crashed_service(tmp_path, fill)
+    wal = next((tmp_path / "a").glob("wal-*.log"))
+    data = bytearray(wal.read_bytes())
+    data[HEADER_SIZE + 20] ^= 0x01  # the first record
+    wal.write_bytes(bytes(data))
+    r = CliRunner().invoke(app, ["repair", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    report = __import__("json").loads(r.stdout)
+    assert report["replayed"] == 2 and report["lost_lsns"] == [[1, 1]]
+    with _app(tmp_path) as c:
+        assert c.get("/indexes/a").json()["ntotal"] == 8
+    r = CliRunner().invoke(app, ["repair", str(tmp_path / "nowhere")])
+    assert r.exit_code == 2 and "meta.json" in r.stderr

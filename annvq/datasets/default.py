@@ -115,7 +115,13 @@ def _save_atomic(path: Path, arr: np.ndarray) -> None:
 def default_descriptors(images: Sequence[str] | None = None, cache_dir: PathLike | None = None,
                         workers: int | None = None) -> np.ndarray:
     """The descriptor pool (uint8, (n, 128)), computed on first use and then read from the cache."""
-    import skimage
+    try:
+        import skimage
+    except ImportError:
+        from ..errors import AnnvqError
+
+        raise AnnvqError("the built-in SIFT data are computed from scikit-image's sample photos: "
+                         "install annvq[demo] (pip install 'annvq[demo]')") from None
 
     images = tuple(DEFAULT_IMAGES if images is None else images)
     key = repr((_CACHE_FORMAT, images, VARIANTS, skimage.__version__))
