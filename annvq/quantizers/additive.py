@@ -176,11 +176,6 @@ class AdditiveCodec(Quantizer):
         """Squared norms (M, K) of every codeword."""
         return self._cnorms.reshape(self.M, self.ksub)
 
-    def cross_products(self) -> np.ndarray:
-        """Inner products (M, K, M, K) between every pair of codewords."""
-        flat = self._flat
-        return (flat @ flat.T).reshape(self.M, self.ksub, self.M, self.ksub)
-
     def decode(self, codes: np.ndarray) -> np.ndarray:
         self._require_trained()
         codes = self._check_codes(codes)

@@ -170,9 +170,10 @@ class Quantizer(ABC):
 
     def mse(self, x: np.ndarray) -> float:
         """Mean squared reconstruction error per vector (sum over dimensions, mean over vectors)."""
+        from ..datasets.groundtruth import mse
+
         x = self._check_x(x)
-        r = self.decode(self.encode(x)) - x
-        return float(np.mean(np.einsum("ij,ij->i", r, r)))
+        return mse(x, self.decode(self.encode(x)))
 
     def __repr__(self) -> str:
         p = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
