@@ -34,7 +34,7 @@ _CODEC_RE = re.compile(r"^(PQ|RQ|AQ|CQ)([0-9]+)(?:x([0-9]+))?(?:_N([0-9]+))?$")
 _SQ_RE = re.compile(r"^SQ([0-9]+)$")
 _IVF_RE = re.compile(r"^IVF([0-9]+)(_HKM)?$")
 _OPQ_RE = re.compile(r"^OPQ([0-9]+)$")
-MAX_MODEL_BYTES = 4 << 30  # refuse specs whose codebooks and centroids would not fit in memory anyway
+MAX_MODEL_BYTES = 2 << 30  # refuse specs whose codebooks and centroids would not fit in memory anyway
 _AT_LEAST_ONE = ("beam_size", "train_beam_size", "max_points_per_centroid", "max_train_points")
 
 

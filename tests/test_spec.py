@@ -54,6 +54,8 @@ def test_fields():
     ("SQ12", "nbits"),
     ("IVF0,PQ8x8", "nlist"),
     ("LSH64", "codec part"),
+    ("PQ８", "codec part"),  # a full-width digit is not a digit here
+    ("IVF١٠,PQ8", "codec part"),  # nor an Arabic-Indic one
 ])
 def test_bad_specs_name_the_problem(text, names):
     with pytest.raises(SpecError, match=names):
@@ -80,3 +82,15 @@ def test_index_factory_builds_what_the_spec_says():
     assert isinstance(flat, FlatIndex) and flat.norms.nbits == 32 and flat.code_size == 4 + 4
     with pytest.raises(SpecError, match="d=30"):
         annvq.index_factory(30, "PQ8x8")  # 8 does not divide 30
+
+
+def test_specs_are_checked_before_anything_is_built():
+    with pytest.raises(SpecError, match="GiB"):
+        annvq.index_factory(16, "AQ1024x16")  # 4.3 GB of codebooks: refused, not a MemoryError
+    for options, words in [({"random_state": "abc"}, "random_state"), ({"niter": -5}, "niter"),
+                           ({"niter": "5"}, "niter"), ({"beam_size": 0}, "beam_size"), ({"nope": 1}, "no option 'nope'"),
+                           ({"niter": 2.5}, "niter")]:
+        with pytest.raises(SpecError, match=words):
+            annvq.index_factory(16, IndexSpec.validated(codec="rq", M=2, nbits=4, options=options))
+    idx = annvq.index_factory(16, IndexSpec.validated(codec="rq", M=2, nbits=4, options={"niter": 3, "random_state": 7}))
+    assert idx.codec.niter == 3 and idx.codec.random_state == 7
