@@ -100,7 +100,7 @@ class Segment:
         self.tomb_version = 0  # bumped on every delete; storage compares it with what it has written
         self.extents = _extents_of_offsets(offsets)
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None
-        self.stored: object | None = None  # storage's record of this segment's file, once written
+XX
         if deleted is not None and deleted.size:
             self.delete_rows(deleted)
             self.tomb_version = 0
