@@ -45,44 +45,53 @@ def _neg_dots(xq_sub: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, inline="always")
-def _swap(d, lab, a, b):
-    d[a], d[b] = d[b], d[a]
-    lab[a], lab[b] = lab[b], lab[a]
+def _partition(d, lab, lo, hi, pivot, or_equal):
+    """Move the entries of ``d[lo:hi]`` below ``pivot`` (or equal to it, with ``or_equal``) to the front,
+    labels alongside; returns where the rest starts. Every step stores unconditionally and advances
+    by the comparison's 0/1, so the loop has no data-dependent branch to mispredict."""
+    j = lo
+    for i in range(lo, hi):
+        v = d[i]
+        w = lab[i]
+        d[i] = d[j]
+        lab[i] = lab[j]
+        d[j] = v
+        lab[j] = w
+        j += (v <= pivot) if or_equal else (v < pivot)
+    return j
 
 
 @njit(cache=True)
 def select_k(d, lab, n, k):
     """Reorder ``d[:n]`` (and ``lab`` alongside) so ``d[:k]`` holds the k smallest; returns their maximum.
 
-    Quickselect (median-of-three pivot, Hoare partition): linear time, in place.
+    Quickselect with branch-free partitions, in place: the pivot is the median of three samples, or,
+    when k is small against the range, the least of several samples. The entries below the pivot go first; when the k-th lies among the rest, one more pass sets the entries equal to the
+    pivot apart, so ties (quantised distances have many) cost no extra rounds. Mispredicted branches
+    dominated the cost of the Hoare partition on the short buffers of a top-k reservoir.
     """
-    lo, hi, target = 0, n - 1, k - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if d[mid] < d[lo]:
-            _swap(d, lab, mid, lo)
-        if d[hi] < d[lo]:
-            _swap(d, lab, hi, lo)
-        if d[hi] < d[mid]:
-            _swap(d, lab, hi, mid)
-        pivot = d[mid]
-        i, j = lo, hi
-        while i <= j:
-            while d[i] < pivot:
-                i += 1
-            while d[j] > pivot:
-                j -= 1
-            if i <= j:
-                _swap(d, lab, i, j)
-                i += 1
-                j -= 1
-        # now d[lo..j] <= pivot <= d[i..hi], and everything strictly between equals the pivot
-        if target <= j:
-            hi = j
-        elif target >= i:
-            lo = i
+    lo, hi, target = 0, n, k - 1
+    while hi - lo > 1:
+        want = target - lo + 1  # how many of d[lo:hi] the answer keeps
+        samples = min(32, (hi - lo) // (2 * want))
+        if samples >= 2:
+            # few wanted: the least of evenly spaced samples ranks about (hi - lo) / samples, near 2 * want,
+            # so one pass leaves about that many entries instead of half the range
+            step = (hi - lo) // samples
+            pivot = d[lo]
+            for t in range(1, samples):
+                pivot = min(pivot, d[lo + t * step])
         else:
-            break
+            a, b, c = d[lo], d[(lo + hi) // 2], d[hi - 1]
+            pivot = max(min(a, b), min(max(a, b), c))
+        j = _partition(d, lab, lo, hi, pivot, False)
+        if target < j:
+            hi = j
+            continue
+        j = _partition(d, lab, j, hi, pivot, True)
+        if target < j:
+            break  # d[target] equals the pivot, and everything before it is <= pivot
+        lo = j
     worst = d[0]
     for a in range(1, k):
         worst = max(worst, d[a])
@@ -179,10 +188,23 @@ def topk_finish(rd, ri, cnt, k, out_d, out_i):
     if cnt > k:
         select_k(rd, ri, cnt, k)
         cnt = k
-    order = np.argsort(rd[:cnt])
-    for j in range(cnt):
-        out_d[j] = rd[order[j]]
-        out_i[j] = ri[order[j]]
+    if cnt <= 32:  # insertion sort in place: no allocation, fast for the usual small k
+        for j in range(1, cnt):
+            v, w = rd[j], ri[j]
+            a = j
+            while a > 0 and rd[a - 1] > v:
+                rd[a] = rd[a - 1]
+                ri[a] = ri[a - 1]
+                a -= 1
+            rd[a] = v
+            ri[a] = w
+        out_d[:cnt] = rd[:cnt]
+        out_i[:cnt] = ri[:cnt]
+    else:
+        order = np.argsort(rd[:cnt])
+        for j in range(cnt):
+            out_d[j] = rd[order[j]]
+            out_i[j] = ri[order[j]]
     for j in range(cnt, k):
         out_d[j] = np.inf
         out_i[j] = -1
