@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .simd import ctz, flt_mask, loadf16
+
 
 def l2_tables(xq_sub: np.ndarray, codebooks: np.ndarray, cb_norms: np.ndarray | None = None) -> np.ndarray:
     """Squared L2 tables ``T[q, m, j] = ||xq_sub[q, m] - codebooks[m, j]||^2``.
@@ -66,9 +68,10 @@ def select_k(d, lab, n, k):
     """Reorder ``d[:n]`` (and ``lab`` alongside) so ``d[:k]`` holds the k smallest; returns their maximum.
 
     Quickselect with branch-free partitions, in place: the pivot is the median of three samples, or,
-    when k is small against the range, the least of several samples. The entries below the pivot go first; when the k-th lies among the rest, one more pass sets the entries equal to the
-    pivot apart, so ties (quantised distances have many) cost no extra rounds. Mispredicted branches
-    dominated the cost of the Hoare partition on the short buffers of a top-k reservoir.
+    when k is small against the range, the least of several samples. The entries below the pivot go
+    first; when none are, the pivot is the least value and one more pass sets its copies apart, so runs
+    of ties (quantised distances have many) cannot stall the search. Mispredicted branches dominated
+    the cost of a Hoare partition on the short buffers of a top-k reservoir.
     """
     lo, hi, target = 0, n, k - 1
     while hi - lo > 1:
@@ -87,11 +90,13 @@ def select_k(d, lab, n, k):
         j = _partition(d, lab, lo, hi, pivot, False)
         if target < j:
             hi = j
-            continue
-        j = _partition(d, lab, j, hi, pivot, True)
-        if target < j:
-            break  # d[target] equals the pivot, and everything before it is <= pivot
-        lo = j
+        elif j > lo:
+            lo = j
+        else:  # the pivot is the least of the range: set its copies apart
+            j = _partition(d, lab, lo, hi, pivot, True)
+            if target < j:
+                break  # d[target] equals the pivot, and everything before it is <= pivot
+            lo = j
     worst = d[0]
     for a in range(1, k):
         worst = max(worst, d[a])
@@ -117,10 +122,25 @@ def admit(dist, n, base, rd, ri, cnt, thresh, k):
     """Offer ``dist[:n]`` with labels ``base + j`` to the reservoir ``(rd, ri)``; returns ``(cnt, thresh)``.
 
     A candidate enters when it beats ``thresh``; when the reservoir fills, the k best are kept and
-    ``thresh`` drops to the k-th distance.
+    ``thresh`` drops to the k-th distance. Sixteen distances are compared with the threshold at once
+    and only the lanes below it visited, so a long run of rejected candidates costs no branch each.
     """
     cap = rd.shape[0]
-    for j in range(n):
+    n16 = n - n % 16
+    for j0 in range(0, n16, 16):
+        mask = flt_mask(loadf16(dist, j0), thresh)
+        while mask != 0:
+            j = j0 + ctz(mask)
+            mask &= mask - 1
+            s = dist[j]
+            if s < thresh:  # the threshold may have dropped since the lanes were compared
+                rd[cnt] = s
+                ri[cnt] = base + j
+                cnt += 1
+                if cnt == cap:
+                    thresh = select_k(rd, ri, cnt, k)
+                    cnt = k
+    for j in range(n16, n):
         s = dist[j]
         if s < thresh:
             rd[cnt] = s

@@ -32,6 +32,7 @@ __all__ = [
     "ctz",
     "f32x16",
     "fadd",
+    "flt_mask",
     "fmax_all",
     "fmin_all",
     "fmul",
@@ -460,6 +461,20 @@ fmin_all = _f_reduce("min")
 fmin_all.__doc__ = "Smallest of the 16 lanes (no NaN allowed): a reduction tree of four vector min steps."
 fmax_all = _f_reduce("max")
 fmax_all.__doc__ = "Largest of the 16 lanes (no NaN allowed): a reduction tree of four vector max steps."
+
+
+@intrinsic
+def flt_mask(typingctx, v, t):
+    """Bit j (int64) set where lane j of ``v`` is below ``t`` (ordered compare: NaN lanes are clear)."""
+    if not (v == f32x16 and isinstance(t, types.Float)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        t = args[1] if sig.args[1] == types.float32 else builder.fptrunc(args[1], ir.FloatType())
+        cmp = builder.fcmp_ordered("<", args[0], _splat(builder, t, _F16))
+        return builder.zext(builder.bitcast(cmp, _I16), _I64)
+
+    return types.int64(v, t), codegen
 
 
 @intrinsic
