@@ -64,22 +64,27 @@ def _partition(d, lab, lo, hi, pivot, or_equal):
 
 
 @njit(cache=True)
-def select_k(d, lab, n, k):
-    """Reorder ``d[:n]`` (and ``lab`` alongside) so ``d[:k]`` holds the k smallest; returns their maximum.
+def select_range(d, lab, n, kmin, kmax):
+    """Reorder ``d[:n]`` (and ``lab`` alongside) so that ``d[:m]`` holds the m smallest for some m with
+    ``kmin <= m <= kmax`` (ties broken arbitrarily); returns m.
 
-    Quickselect with branch-free partitions, in place: the pivot is the median of three samples, or,
-    when k is small against the range, the least of several samples. The entries below the pivot go
-    first; when none are, the pivot is the least value and one more pass sets its copies apart, so runs
-    of ties (quantised distances have many) cannot stall the search. Mispredicted branches dominated
-    the cost of a Hoare partition on the short buffers of a top-k reservoir.
+    Quickselect with branch-free partitions, in place, stopping at the first partition that lands in
+    the range: the pivot is the median of three samples or, when few entries are wanted from a long
+    range, the least of several samples (one pass then leaves about twice as many as wanted). When no
+    entry is below the pivot, it is the least value and one more pass sets its copies apart, so runs of
+    ties (quantised distances have many) cannot stall the search. Mispredicted branches dominated the
+    cost of a Hoare partition on the short buffers of a top-k reservoir.
     """
-    lo, hi, target = 0, n, k - 1
-    while hi - lo > 1:
-        want = target - lo + 1  # how many of d[lo:hi] the answer keeps
+    lo, hi = 0, n
+    while True:
+        # d[:lo] <= d[lo:hi] <= d[hi:n]; lo <= kmax and hi >= kmin
+        if hi <= kmax:
+            return hi
+        if lo >= kmin:
+            return lo
+        want = kmin - lo
         samples = min(32, (hi - lo) // (2 * want))
         if samples >= 2:
-            # few wanted: the least of evenly spaced samples ranks about (hi - lo) / samples, near 2 * want,
-            # so one pass leaves about that many entries instead of half the range
             step = (hi - lo) // samples
             pivot = d[lo]
             for t in range(1, samples):
@@ -88,15 +93,23 @@ def select_k(d, lab, n, k):
             a, b, c = d[lo], d[(lo + hi) // 2], d[hi - 1]
             pivot = max(min(a, b), min(max(a, b), c))
         j = _partition(d, lab, lo, hi, pivot, False)
-        if target < j:
+        if j > kmax:
             hi = j
+        elif j >= kmin:
+            return j
         elif j > lo:
             lo = j
-        else:  # the pivot is the least of the range: set its copies apart
+        else:  # the pivot is the least of the range: set its copies apart (all equal, any count will do)
             j = _partition(d, lab, lo, hi, pivot, True)
-            if target < j:
-                break  # d[target] equals the pivot, and everything before it is <= pivot
+            if j >= kmin:
+                return min(j, kmax)
             lo = j
+
+
+@njit(cache=True)
+def select_k(d, lab, n, k):
+    """Reorder ``d[:n]`` (and ``lab`` alongside) so ``d[:k]`` holds the k smallest; returns their maximum."""
+    select_range(d, lab, n, k, k)
     worst = d[0]
     for a in range(1, k):
         worst = max(worst, d[a])
@@ -104,11 +117,27 @@ def select_k(d, lab, n, k):
 
 
 @njit(cache=True)
+def shrink(d, lab, n, k):
+    """Make room in a full reservoir ``d[:n]``: keep its m smallest, k <= m <= max(k, n - 32), cheaply (the
+    first partition that lands in that range); returns ``(m, their maximum)``, the new count and threshold.
+
+    Stopping short of exactly k costs a somewhat higher threshold (a few more candidates admitted) and
+    saves most partition rounds; topk_finish selects exactly.
+    """
+    m = select_range(d, lab, n, k, max(k, n - 32))
+    worst = d[0]
+    for a in range(1, m):
+        worst = max(worst, d[a])
+    return m, worst
+
+
+@njit(cache=True)
 def topk_init(nq: int, k: int):
     """Empty top-k reservoirs for ``nq`` queries: ``(dist, label, count, threshold)``.
 
     A reservoir takes every candidate below its threshold into a buffer of ``2k + 32`` slots; when the
-    buffer fills, a quickselect keeps the k best and the threshold drops to the k-th distance. That
+    buffer fills, a quickselect keeps the best k to 2k (:func:`shrink`) and the threshold drops to the
+    largest kept distance. That
     costs O(1) per accepted candidate where a heap costs O(log k), which matters for k = 100 on short
     inverted lists, where most candidates are accepted.
     """
@@ -121,8 +150,8 @@ def topk_init(nq: int, k: int):
 def admit(dist, n, base, rd, ri, cnt, thresh, k):
     """Offer ``dist[:n]`` with labels ``base + j`` to the reservoir ``(rd, ri)``; returns ``(cnt, thresh)``.
 
-    A candidate enters when it beats ``thresh``; when the reservoir fills, the k best are kept and
-    ``thresh`` drops to the k-th distance. Sixteen distances are compared with the threshold at once
+    A candidate enters when it beats ``thresh``; when the reservoir fills, it is shrunk (:func:`shrink`)
+    and ``thresh`` drops to the largest distance kept. Sixteen distances are compared with the threshold at once
     and only the lanes below it visited, so a long run of rejected candidates costs no branch each.
     """
     cap = rd.shape[0]
@@ -138,8 +167,7 @@ def admit(dist, n, base, rd, ri, cnt, thresh, k):
                 ri[cnt] = base + j
                 cnt += 1
                 if cnt == cap:
-                    thresh = select_k(rd, ri, cnt, k)
-                    cnt = k
+                    cnt, thresh = shrink(rd, ri, cnt, k)
     for j in range(n16, n):
         s = dist[j]
         if s < thresh:
@@ -147,8 +175,7 @@ def admit(dist, n, base, rd, ri, cnt, thresh, k):
             ri[cnt] = base + j
             cnt += 1
             if cnt == cap:
-                thresh = select_k(rd, ri, cnt, k)
-                cnt = k
+                cnt, thresh = shrink(rd, ri, cnt, k)
     return cnt, thresh
 
 
@@ -197,8 +224,7 @@ def scan_codes(table, codes, bias, const, base, rd, ri, cnt, thresh, k):
                 ri[cnt] = base + i + j
                 cnt += 1
                 if cnt == cap:
-                    thresh = select_k(rd, ri, cnt, k)
-                    cnt = k
+                    cnt, thresh = shrink(rd, ri, cnt, k)
     return cnt, thresh
 
 

@@ -43,14 +43,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .adc import select_k, topk_finish
+from .adc import shrink, topk_finish
 from .simd import (
     SIMD_PATH,
     compress_admit,
     ctz,
     fadd,
     fmax_all,
+    fmax,
     fmin_all,
+    fsum_all,
     fmul,
     fold16,
     fsplat16,
@@ -58,6 +60,7 @@ from .simd import (
     le16_mask,
     load32,
     loadf16,
+    minmax_rows16,
     lut16,
     popcount,
     splat32,
@@ -163,27 +166,41 @@ def set_alive(alive, offsets, boffsets, rows, live):
             alive[b] &= ~bit
 
 
-@njit(cache=True)
-def _quantize(qt, pt, has_pt, lut, tmp, lo):
-    """Quantise the table ``qt + pt`` (M * 16 float32, sub-quantizer major) into ``lut`` (uint8; the
-    padding sub-quantizer stays zero); ``tmp`` (M * 16) and ``lo`` (M,) are scratch.
+@njit(cache=True, inline="always")
+def _quantize(qt, pt, has_pt, lut, tmp, lo, hi):
+    """Quantise the table ``qt + pt`` (``pt`` only when ``has_pt``; M * 16 float32, sub-quantizer major)
+    into ``lut`` (uint8; the padding sub-quantizer stays zero); ``tmp`` (M * 16), ``lo`` and ``hi`` (M,)
+    are scratch.
 
     Entry ``(m, j)`` becomes ``round((T[m, j] - min_m) * s)``, ``s`` the largest scale keeping every entry
     <= 255 and every sum over m below 2**16. Returns ``(sum_m min_m, s, 1 / s)``.
     """
     M = lo.shape[0]
-    lb = 0.0
-    span = 0.0
-    total = 0.0
-    for m in range(M):
-        v = loadf16(qt, 16 * m)
-        if has_pt:
-            v = fadd(v, loadf16(pt, 16 * m))
-        storef16(v, tmp, 16 * m)
-        mn = fmin_all(v)
-        d = np.float64(fmax_all(v)) - mn
-        lo[m] = mn
-        lb += mn
+    src = qt
+    if has_pt:
+        for m in range(M):
+            storef16(fadd(loadf16(qt, 16 * m), loadf16(pt, 16 * m)), tmp, 16 * m)
+        src = tmp
+    m16 = M - M % 16
+    lbv = fsplat16(0.0)
+    totv = fsplat16(0.0)
+    spanv = fsplat16(0.0)
+    for m in range(0, m16, 16):
+        minmax_rows16(src, 16 * m, lo, hi, m)
+        low = loadf16(lo, m)
+        d = fsub(loadf16(hi, m), low)
+        lbv = fadd(lbv, low)
+        totv = fadd(totv, d)
+        spanv = fmax(spanv, d)
+    lb = np.float64(fsum_all(lbv))
+    total = np.float64(fsum_all(totv))
+    span = np.float64(fmax_all(spanv))
+    for m in range(m16, M):
+        v = loadf16(src, 16 * m)
+        lo[m] = fmin_all(v)
+        hi[m] = fmax_all(v)
+        d = np.float64(hi[m]) - lo[m]
+        lb += lo[m]
         span = max(span, d)
         total += d
     s = 1.0
@@ -192,7 +209,7 @@ def _quantize(qt, pt, has_pt, lut, tmp, lo):
     sv = fsplat16(s)
     half = fsplat16(0.5)
     for m in range(M):
-        store_u8(fadd(fmul(fsub(loadf16(tmp, 16 * m), fsplat16(lo[m])), sv), half), lut, 16 * m)
+        store_u8(fadd(fmul(fsub(loadf16(src, 16 * m), fsplat16(lo[m])), sv), half), lut, 16 * m)
     return lb, s, 1.0 / s
 
 
@@ -295,8 +312,7 @@ def _scan_blocks(flat, bbytes, alive, b0, b1, label0, lut, c0, s, inv_s, rd, ri,
         if mask == 0:
             continue
         if cnt + popcount(mask) > cap:
-            thresh = select_k(rd, ri, cnt, k)
-            cnt = k
+            cnt, thresh = shrink(rd, ri, cnt, k)
             thr = _u16_threshold(thresh, c0, s)
             if thr < 0:
                 return cnt, thresh  # the threshold only falls: nothing further can enter
@@ -336,6 +352,7 @@ def scan_lists(qtab, ptab, probes, consts, packed, alive, offsets, boffsets, lab
         lut = np.zeros(bbytes, dtype=np.uint8)
         tmp = np.empty(M * 16, dtype=np.float32)
         lo = np.empty(M, dtype=np.float32)
+        hi = np.empty(M, dtype=np.float32)
         buf = np.empty(BLOCK, dtype=np.uint16)
         for q in range(g * _QGROUP, min(nq, (g + 1) * _QGROUP)):
             c_, t_ = cnt[q], thresh[q]
@@ -343,7 +360,7 @@ def scan_lists(qtab, ptab, probes, consts, packed, alive, offsets, boffsets, lab
                 l = probes[q, p]
                 if l < 0 or offsets[l + 1] == offsets[l]:
                     continue
-                lb, s, inv_s = _quantize(qf[q], pf[l] if has_pt else qf[q], has_pt, lut, tmp, lo)
+                lb, s, inv_s = _quantize(qf[q], pf[l] if has_pt else qf[q], has_pt, lut, tmp, lo, hi)
                 c0 = np.float64(consts[q, p]) + lb
                 c_, t_ = _scan_blocks(flat, bbytes, alive, boffsets[l], boffsets[l + 1], label_base + offsets[l], lut,
                                       c0, s, inv_s, rd[q], ri[q], c_, t_, k, path, buf)
@@ -371,9 +388,10 @@ def scan_flat(qtab, consts, packed, alive, label_base, rd, ri, cnt, thresh, k, p
         scales = np.empty((q1 - q0, 2), dtype=np.float64)
         tmp = np.empty(M * 16, dtype=np.float32)
         lo = np.empty(M, dtype=np.float32)
+        hi = np.empty(M, dtype=np.float32)
         buf = np.empty(BLOCK, dtype=np.uint16)
         for q in range(q0, q1):
-            lb, s, inv_s = _quantize(qf[q], qf[q], False, luts[q - q0], tmp, lo)
+            lb, s, inv_s = _quantize(qf[q], qf[q], False, luts[q - q0], tmp, lo, hi)
             c0s[q - q0] = np.float64(consts[q]) + lb
             scales[q - q0, 0] = s
             scales[q - q0, 1] = inv_s

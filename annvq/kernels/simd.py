@@ -33,15 +33,18 @@ __all__ = [
     "f32x16",
     "fadd",
     "flt_mask",
+    "fmax",
     "fmax_all",
     "fmin_all",
     "fmul",
     "fold16",
     "fsplat16",
     "fsub",
+    "fsum_all",
     "le16_mask",
     "load32",
     "loadf16",
+    "minmax_rows16",
     "lut16",
     "popcount",
     "prefetch",
@@ -438,18 +441,22 @@ fsub = _f_binop("fsub")
 fmul = _f_binop("fmul")
 
 
+def _tree(builder: ir.IRBuilder, x: ir.Value, step) -> ir.Value:
+    while x.type.count > 1:
+        x = step(*_halves(builder, x, 2))
+    return builder.extract_element(x, ir.Constant(_I32, 0))
+
+
 def _f_reduce(kind: str):
     def typer(typingctx, v):
         if v != f32x16:
             return None
 
         def codegen(context, builder, sig, args):
-            # a tree of compare-and-select steps (vminps/vmaxps); inputs hold no NaN
-            x = args[0]
-            while x.type.count > 1:
-                lo, hi = _halves(builder, x, 2)
-                x = builder.select(builder.fcmp_ordered("<" if kind == "min" else ">", lo, hi), lo, hi)
-            return builder.extract_element(x, ir.Constant(_I32, 0))
+            if kind == "sum":
+                return _tree(builder, args[0], builder.fadd)
+            pred = "<" if kind == "min" else ">"
+            return _tree(builder, args[0], lambda a, b: builder.select(builder.fcmp_ordered(pred, a, b), a, b))
 
         return types.float32(v), codegen
 
@@ -461,6 +468,61 @@ fmin_all = _f_reduce("min")
 fmin_all.__doc__ = "Smallest of the 16 lanes (no NaN allowed): a reduction tree of four vector min steps."
 fmax_all = _f_reduce("max")
 fmax_all.__doc__ = "Largest of the 16 lanes (no NaN allowed): a reduction tree of four vector max steps."
+fsum_all = _f_reduce("sum")
+fsum_all.__doc__ = "Sum of the 16 lanes, added pairwise in a fixed tree (deterministic)."
+
+
+@intrinsic
+def fmax(typingctx, a, b):
+    """Lane-wise maximum (no NaN allowed)."""
+    if not (a == f32x16 and b == f32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x, y = args
+        return builder.select(builder.fcmp_ordered(">", x, y), x, y)
+
+    return f32x16(a, b), codegen
+
+
+def _rows_reduce(builder: ir.IRBuilder, rows: list[ir.Value], pred: str) -> ir.Value:
+    """Reduce each of 16 vectors of 16 floats to one lane, all at once: pairs of vectors are shuffled so
+    that every step halves the lanes each row occupies (a transpose-and-reduce tree, 15 min/max steps
+    for 16 rows instead of 4 per row). Lane r of the result belongs to ``rows[r]``."""
+    w = 16
+    while len(rows) > 1:
+        half = w // 2
+        first = [i * w + j for i in range(16 // w) for j in range(half)]
+        idx_a = ir.Constant(ir.VectorType(_I32, 16), first + [16 + i for i in first])
+        idx_b = ir.Constant(ir.VectorType(_I32, 16), [i + half for i in first] + [16 + i + half for i in first])
+        nxt = []
+        for a, b in zip(rows[::2], rows[1::2]):
+            x, y = builder.shuffle_vector(a, b, idx_a), builder.shuffle_vector(a, b, idx_b)
+            nxt.append(builder.select(builder.fcmp_ordered(pred, x, y), x, y))
+        rows, w = nxt, half
+    return rows[0]
+
+
+@intrinsic
+def minmax_rows16(typingctx, src, off, lo, hi, out):
+    """Least and greatest of each of 16 consecutive rows of 16 floats (``src[off:off + 256]``), stored to
+    ``lo[out:out + 16]`` and ``hi[out:out + 16]`` (no NaN allowed; no bounds check)."""
+    if not (_is_f32_array(src) and _is_f32_array(lo) and _is_f32_array(hi) and isinstance(off, types.Integer)
+            and isinstance(out, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        base = _cast_int(builder, args[1], _I64)
+        rows = []
+        for r in range(16):
+            ptr = builder.gep(a.data, [builder.add(base, ir.Constant(_I64, 16 * r))])
+            rows.append(builder.load(builder.bitcast(ptr, _F16.as_pointer()), align=4))
+        for pred, aty, arr in (("<", sig.args[2], args[2]), (">", sig.args[3], args[3])):
+            builder.store(_rows_reduce(builder, rows, pred), _elem_ptr(context, builder, aty, arr, args[4], _F16), align=4)
+        return context.get_dummy_value()
+
+    return types.none(src, off, lo, hi, out), codegen
 
 
 @intrinsic
