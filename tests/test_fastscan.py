@@ -18,6 +18,7 @@ from annvq.index.fastscan import (
     list_tables,
     new_reservoir,
     query_tables,
+    search_unpacked,
 )
 from annvq.kernels import simd
 from annvq.kernels.adc import scan_topk_batch
@@ -69,7 +70,7 @@ def _search_all_paths(fs, qtab, k, probes, consts, ptab):
     for path in PATHS:
         res = new_reservoir(qtab.shape[0], k)
         fs.search(qtab, res, probes, consts, ptab, path=path)
-        out.append(finish_reservoir(res, k))
+        out.append(finish_reservoir(res))
     return out
 
 
@@ -152,7 +153,7 @@ def test_segments_share_one_reservoir(rng):
     res = new_reservoir(3, 7)
     a.search(qtab, res, label_base=1000)
     b.search(qtab, res, label_base=1200)
-    D, L = finish_reservoir(res, 7)
+    D, L = finish_reservoir(res)
     D2, L2 = FastScanLists.from_codes(codes).search_topk(qtab, 7, label_base=1000)
     np.testing.assert_array_equal(L, L2)
     np.testing.assert_allclose(D, D2, rtol=1e-5)
@@ -161,6 +162,31 @@ def test_segments_share_one_reservoir(rng):
     D3, L3 = best_k(D, L, 7)
     exact = qtab[:, np.arange(6), codes].sum(axis=2)  # (3, 500)
     np.testing.assert_allclose(D3, np.take_along_axis(exact, L3 - 1000, axis=1), rtol=1e-5)
+
+
+def test_packed_and_unpacked_segments_share_one_reservoir(rng):
+    """A sealed (packed) and a growing (unpacked, exact tables) IVF segment, with deletions in both, feed
+    one reservoir; re-scoring the packed candidates gives the exact top-k over both segments."""
+    M, nq, k = 5, 4, 6
+    codes_a, off_a = _lists(rng, [40, 0, 70], M)
+    codes_b, off_b = _lists(rng, [9, 30, 3], M)
+    dead_a, dead_b = rng.random(len(codes_a)) < 0.3, rng.random(len(codes_b)) < 0.3
+    qtab = rng.normal(size=(nq, M, 16)).astype(np.float32)
+    ptab = rng.normal(size=(3, M, 16)).astype(np.float32)
+    probes = np.tile([2, 0], (nq, 1))
+    consts = rng.normal(size=probes.shape).astype(np.float32)
+    a = FastScanLists.from_codes(codes_a, off_a, dead_a)
+    res = new_reservoir(nq, k * 40)  # deep enough to hold every live candidate of both segments
+    a.search(qtab, res, probes, consts, ptab, label_base=0)
+    search_unpacked(codes_b, qtab, res, off_b, probes, consts, ptab, dead_b, label_base=len(codes_a))
+    D, L = finish_reservoir(res, sort=False)
+    a.rescore(qtab, L, D, probes, consts, ptab, label_base=0)
+    D, L = best_k(D, L, k)
+    exact = np.concatenate([_exact(qtab, codes_a, off_a, probes, consts, ptab),
+                            _exact(qtab, codes_b, off_b, probes, consts, ptab)], axis=1)
+    exact[:, np.concatenate([dead_a, dead_b])] = np.inf
+    np.testing.assert_array_equal(L, np.argsort(exact, axis=1, kind="stable")[:, :k])
+    np.testing.assert_allclose(D, np.sort(exact, axis=1)[:, :k], rtol=1e-5, atol=1e-5)
 
 
 def test_deleting_everything_returns_nothing_and_large_M_does_not_overflow(rng):
@@ -186,6 +212,8 @@ def test_bad_input_raises():
         fs.search_topk(np.zeros((1, 5, 16), np.float32), 2)
     with pytest.raises(InvalidInputError, match="rows"):
         fs.delete([3])
+    with pytest.raises(InvalidInputError, match="reservoir"):
+        fs.search(np.zeros((2, 4, 16), np.float32), new_reservoir(3, 2))
     pq8 = annvq.ProductQuantizer(8, 2, 8).fit(np.random.default_rng(0).normal(size=(300, 8)))
     with pytest.raises(InvalidInputError, match="4-bit"):
         query_tables(pq8, np.zeros((1, 8), np.float32))

@@ -17,6 +17,8 @@ coarse score ``||q - c||^2``: the sum is ``||q - c - r^||^2``, so one query tabl
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..errors import InvalidInputError
@@ -32,31 +34,44 @@ from ..kernels.fastscan import (
     rescore,
     scan_flat,
     scan_lists,
+    scan_unpacked,
     set_alive,
     unpack_codes,
     unpack_rows,
 )
 from ..quantizers import OPQ, ProductQuantizer, Quantizer
 
-Reservoir = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+class Reservoir(NamedTuple):
+    """Top-k reservoirs of a batch of queries: the arrays of :func:`annvq.kernels.adc.topk_init`
+    (``2k + 32`` slots per query) and k. Every scan over any segment adds to it in place."""
+
+    dist: np.ndarray  # (nq, 2k + 32) float32 candidate distances
+    label: np.ndarray  # (nq, 2k + 32) int64 candidate labels
+    count: np.ndarray  # (nq,) int64 slots in use
+    threshold: np.ndarray  # (nq,) float32: candidates at or above it cannot enter
+    k: int
 
 
 def new_reservoir(nq: int, k: int) -> Reservoir:
-    """Empty top-k reservoirs for ``nq`` queries: ``(dist, label, count, threshold)`` (see ``topk_init``)."""
-    return topk_init(nq, k)
+    """Empty reservoirs for ``nq`` queries keeping the best ``k``."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidInputError(f"k must be a positive integer, got {k!r}")
+    return Reservoir(*topk_init(nq, int(k)), int(k))
 
 
-def finish_reservoir(res: Reservoir, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``k`` of every reservoir, ascending: ``(D, L)`` (nq, k); +inf / -1 pad short results."""
-    return finish_all(res[0], res[1], res[2], k)
+def finish_reservoir(res: Reservoir, sort: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``res.k`` of every reservoir: ``(D, L)`` (nq, k), ascending (``sort``) or in no particular
+    order (enough for candidates about to be re-scored); +inf / -1 pad short results."""
+    return finish_all(res.dist, res.label, res.count, res.k, sort)
 
 
 def best_k(D: np.ndarray, L: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` smallest of each row of ``D`` (nq, kk) with their labels, ascending (after a re-scoring;
     entries at +inf should carry label -1)."""
-    D = np.ascontiguousarray(D, dtype=np.float32)
-    return finish_all(D.copy(), np.ascontiguousarray(L, dtype=np.int64).copy(),
-                      np.full(D.shape[0], D.shape[1], dtype=np.int64), k)
+    D = np.array(D, dtype=np.float32)  # a copy: the selection reorders it
+    L = np.array(L, dtype=np.int64)
+    return finish_all(D, L, np.full(D.shape[0], D.shape[1], dtype=np.int64), k, True)
 
 
 def _pq_of(codec: Quantizer) -> tuple[ProductQuantizer, np.ndarray | None]:
@@ -139,15 +154,10 @@ class FastScanLists:
             raise InvalidInputError(f"codes: expected an integer (n, M) array, got {codes.dtype} {codes.shape}")
         if codes.size and (codes.min() < 0 or codes.max() > 15):
             raise InvalidInputError("codes: fast-scan packs 4-bit codes (values 0..15)")
-        n = codes.shape[0]
-        offsets = np.array([0, n], dtype=np.int64) if list_offsets is None else np.asarray(list_offsets, dtype=np.int64)
-        if offsets.ndim != 1 or offsets.shape[0] < 2 or offsets[0] != 0 or offsets[-1] != n or (np.diff(offsets) < 0).any():
-            raise InvalidInputError(f"list_offsets must rise from 0 to n={n}")
+        offsets = _check_offsets(list_offsets, codes.shape[0])
+        dead = _check_deleted(deleted, codes.shape[0])
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
         bo = block_offsets(offsets)
-        dead = np.zeros(0, dtype=bool) if deleted is None else np.asarray(deleted, dtype=bool)
-        if dead.shape not in ((0,), (n,)):
-            raise InvalidInputError(f"deleted: expected ({n},) booleans, got shape {dead.shape}")
         return cls(pack_codes(codes, offsets, bo), offsets, alive_bits(offsets, bo, dead), codes.shape[1])
 
     # --- facts ---------------------------------------------------------------------------------------
@@ -190,27 +200,6 @@ class FastScanLists:
         return int(np.unpackbits(self.alive.view(np.uint8)).sum())
 
     # --- search --------------------------------------------------------------------------------------
-    def _check_tables(self, qtab, ptab, probes, consts):
-        qtab = np.ascontiguousarray(qtab, dtype=np.float32)
-        if qtab.ndim != 3 or qtab.shape[1:] != (self.M, 16):
-            raise InvalidInputError(f"qtab: expected (nq, {self.M}, 16), got {qtab.shape}")
-        nq = qtab.shape[0]
-        if ptab is None:
-            ptab = np.empty((0, self.M, 16), dtype=np.float32)
-        else:
-            ptab = np.ascontiguousarray(ptab, dtype=np.float32)
-            if ptab.shape != (self.nlist, self.M, 16):
-                raise InvalidInputError(f"ptab: expected ({self.nlist}, {self.M}, 16), got {ptab.shape}")
-        if probes is None:
-            probes = np.zeros((nq, 1), dtype=np.int64)
-        probes = np.ascontiguousarray(probes, dtype=np.int64)
-        if probes.ndim != 2 or probes.shape[0] != nq or (probes.size and probes.max() >= self.nlist):
-            raise InvalidInputError(f"probes: expected ({nq}, nprobe) list numbers below {self.nlist}")
-        consts = np.zeros(probes.shape, dtype=np.float32) if consts is None else np.ascontiguousarray(consts, dtype=np.float32)
-        if consts.shape != probes.shape:
-            raise InvalidInputError(f"consts: expected shape {probes.shape}, got {consts.shape}")
-        return qtab, ptab, probes, consts
-
     def search(self, qtab: np.ndarray, reservoir: Reservoir, probes: np.ndarray | None = None,
                consts: np.ndarray | None = None, ptab: np.ndarray | None = None, label_base: int = 0,
                path: str | int | None = None) -> None:
@@ -221,11 +210,9 @@ class FastScanLists:
         (nlist, M, 16) or None. Row ``r`` enters with label ``label_base + r`` and its quantised distance.
         ``path`` forces a kernel ("portable", "avx2", "avx512" or 0/1/2); default: the host's best.
         """
-        qtab, ptab, probes, consts = self._check_tables(qtab, ptab, probes, consts)
-        rd, ri, cnt, thresh = reservoir
-        if rd.shape[0] != qtab.shape[0]:
-            raise InvalidInputError(f"reservoir holds {rd.shape[0]} queries, qtab {qtab.shape[0]}")
-        k = (rd.shape[1] - 32) // 2
+        qtab, ptab, probes, consts = _check_tables(qtab, ptab, probes, consts, self.M, self.nlist)
+        _check_reservoir(reservoir, qtab.shape[0])
+        rd, ri, cnt, thresh, k = reservoir
         p = _path(path)
         if self.nlist == 1 and ptab.shape[0] == 0 and probes.shape[1] == 1 and (probes == 0).all():
             scan_flat(qtab, consts[:, 0], self.packed, self.alive, int(label_base), rd, ri, cnt, thresh, k, p)
@@ -238,7 +225,7 @@ class FastScanLists:
         """Overwrite ``dist`` (nq, kk) float32 with the exact float table sums of the candidates
         ``labels`` (nq, kk) in ``[label_base, label_base + ntotal)``; other labels are left alone.
         Same ``qtab``/``probes``/``consts``/``ptab`` as the search that found them."""
-        qtab, ptab, probes, consts = self._check_tables(qtab, ptab, probes, consts)
+        qtab, ptab, probes, consts = _check_tables(qtab, ptab, probes, consts, self.M, self.nlist)
         if labels.shape != dist.shape or labels.shape[0] != qtab.shape[0] or dist.dtype != np.float32:
             raise InvalidInputError("labels and dist must be (nq, kk) int64 / float32 arrays matching qtab")
         rescore(qtab, ptab, probes, consts, self.packed, self.offsets, self.boffsets, int(label_base),
@@ -252,11 +239,67 @@ class FastScanLists:
         kk = k * k_factor if k_factor else k
         res = new_reservoir(qtab.shape[0], kk)
         self.search(qtab, res, probes, consts, ptab, label_base, path)
-        D, L = finish_reservoir(res, kk)
+        D, L = finish_reservoir(res, sort=not k_factor)
         if k_factor:
             self.rescore(qtab, L, D, probes, consts, ptab, label_base)
             D, L = best_k(D, L, k)
         return D, L
+
+
+def _check_offsets(list_offsets: np.ndarray | None, n: int) -> np.ndarray:
+    offsets = np.array([0, n], dtype=np.int64) if list_offsets is None else np.ascontiguousarray(list_offsets, dtype=np.int64)
+    if offsets.ndim != 1 or offsets.shape[0] < 2 or offsets[0] != 0 or offsets[-1] != n or (np.diff(offsets) < 0).any():
+        raise InvalidInputError(f"list_offsets must rise from 0 to n={n}")
+    return offsets
+
+
+def _check_deleted(deleted: np.ndarray | None, n: int) -> np.ndarray:
+    dead = np.zeros(0, dtype=bool) if deleted is None else np.asarray(deleted, dtype=bool)
+    if dead.shape not in ((0,), (n,)):
+        raise InvalidInputError(f"deleted: expected ({n},) booleans, got shape {dead.shape}")
+    return dead
+
+
+def _check_tables(qtab, ptab, probes, consts, M: int, nlist: int):
+    qtab = np.ascontiguousarray(qtab, dtype=np.float32)
+    if qtab.ndim != 3 or qtab.shape[1:] != (M, 16):
+        raise InvalidInputError(f"qtab: expected (nq, {M}, 16), got {qtab.shape}")
+    nq = qtab.shape[0]
+    if ptab is None:
+        ptab = np.empty((0, M, 16), dtype=np.float32)
+    else:
+        ptab = np.ascontiguousarray(ptab, dtype=np.float32)
+        if ptab.shape != (nlist, M, 16):
+            raise InvalidInputError(f"ptab: expected ({nlist}, {M}, 16), got {ptab.shape}")
+    probes = np.zeros((nq, 1), dtype=np.int64) if probes is None else np.ascontiguousarray(probes, dtype=np.int64)
+    if probes.ndim != 2 or probes.shape[0] != nq or (probes.size and probes.max() >= nlist):
+        raise InvalidInputError(f"probes: expected ({nq}, nprobe) list numbers below {nlist}")
+    consts = np.zeros(probes.shape, dtype=np.float32) if consts is None else np.ascontiguousarray(consts, dtype=np.float32)
+    if consts.shape != probes.shape:
+        raise InvalidInputError(f"consts: expected shape {probes.shape}, got {consts.shape}")
+    return qtab, ptab, probes, consts
+
+
+def _check_reservoir(res: Reservoir, nq: int) -> None:
+    if not isinstance(res, Reservoir) or res.dist.shape != (nq, 2 * res.k + 32):
+        raise InvalidInputError(f"reservoir: expected new_reservoir({nq}, k)")
+
+
+def search_unpacked(codes: np.ndarray, qtab: np.ndarray, reservoir: Reservoir, list_offsets: np.ndarray | None = None,
+                    probes: np.ndarray | None = None, consts: np.ndarray | None = None, ptab: np.ndarray | None = None,
+                    deleted: np.ndarray | None = None, label_base: int = 0) -> None:
+    """:meth:`FastScanLists.search` for codes not packed yet ((n, M) uint8, rows sorted by list), with
+    exact float tables: a growing segment scanned into the same reservoir as the packed ones.
+    ``deleted`` (n,) bool tombstones rows."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    n = codes.shape[0]
+    offsets = _check_offsets(list_offsets, n)
+    qtab, ptab, probes, consts = _check_tables(qtab, ptab, probes, consts, codes.shape[1], offsets.shape[0] - 1)
+    _check_reservoir(reservoir, qtab.shape[0])
+    dead = _check_deleted(deleted, n)
+    bias = np.where(dead, np.inf, 0.0).astype(np.float32)  # +inf never beats a threshold
+    rd, ri, cnt, thresh, k = reservoir
+    scan_unpacked(qtab, ptab, probes, consts, codes, offsets, bias, int(label_base), rd, ri, cnt, thresh, k)
 
 
 __all__ = [
@@ -268,4 +311,5 @@ __all__ = [
     "list_tables",
     "new_reservoir",
     "query_tables",
+    "search_unpacked",
 ]

@@ -43,25 +43,25 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .adc import shrink, topk_finish
+from .adc import scan_codes, select_k, shrink, topk_finish
 from .simd import (
     SIMD_PATH,
     compress_admit,
     ctz,
     fadd,
-    fmax_all,
     fmax,
+    fmax_all,
     fmin_all,
-    fsum_all,
     fmul,
     fold16,
     fsplat16,
     fsub,
+    fsum_all,
     le16_mask,
     load32,
     loadf16,
-    minmax_rows16,
     lut16,
+    minmax_rows16,
     popcount,
     splat32,
     store16,
@@ -440,11 +440,49 @@ def rescore(qtab, ptab, probes, consts, packed, offsets, boffsets, label_base, l
 
 
 @njit(cache=True, parallel=True)
-def finish_all(rd, ri, cnt, k):
-    """The best ``k`` of every reservoir ``(rd, ri, cnt)``, ascending: ``(D, L)`` (nq, k), +inf / -1 padded."""
+def finish_all(rd, ri, cnt, k, sort):
+    """The best ``k`` of every reservoir ``(rd, ri, cnt)``: ``(D, L)`` (nq, k), +inf / -1 padded; ascending
+    when ``sort``, else in no particular order (candidates about to be re-scored)."""
     nq = rd.shape[0]
     D = np.empty((nq, k), dtype=np.float32)
     L = np.empty((nq, k), dtype=np.int64)
     for q in prange(nq):
-        topk_finish(rd[q], ri[q], cnt[q], k, D[q], L[q])
+        if sort:
+            topk_finish(rd[q], ri[q], cnt[q], k, D[q], L[q])
+            continue
+        c = cnt[q]
+        if c > k:
+            select_k(rd[q], ri[q], c, k)
+            c = k
+        D[q, :c] = rd[q, :c]
+        L[q, :c] = ri[q, :c]
+        D[q, c:] = np.inf
+        L[q, c:] = -1
     return D, L
+
+
+@njit(cache=True, parallel=True)
+def scan_unpacked(qtab, ptab, probes, consts, codes, offsets, bias, label_base, rd, ri, cnt, thresh, k):
+    """:func:`scan_lists` over unpacked codes (n, M), rows sorted by list, with exact float tables: the
+    same distances, unquantised, into the same reservoirs (a segment not packed yet). ``bias`` (n,) is
+    added per row (+inf tombstones a row) or empty."""
+    nq, nprobe = probes.shape
+    M = qtab.shape[1]
+    has_pt = ptab.shape[0] > 0
+    has_bias = bias.shape[0] > 0
+    ngroups = (nq + _QGROUP - 1) // _QGROUP
+    for g in prange(ngroups):
+        table = np.empty((M, 16), dtype=np.float32)
+        for q in range(g * _QGROUP, min(nq, (g + 1) * _QGROUP)):
+            c_, t_ = cnt[q], thresh[q]
+            for p in range(nprobe):
+                l = probes[q, p]
+                if l < 0 or offsets[l + 1] == offsets[l]:
+                    continue
+                for m in range(M):
+                    for j in range(16):
+                        table[m, j] = qtab[q, m, j] + ptab[l, m, j] if has_pt else qtab[q, m, j]
+                s0, s1 = offsets[l], offsets[l + 1]
+                b = bias[s0:s1] if has_bias else bias
+                c_, t_ = scan_codes(table, codes[s0:s1], b, consts[q, p], label_base + s0, rd[q], ri[q], c_, t_, k)
+            cnt[q], thresh[q] = c_, t_
