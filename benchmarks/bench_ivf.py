@@ -250,11 +250,17 @@ SYNTHETIC_LABEL = ("SYNTHETIC: 10,000 Gaussian clusters in a 32-D latent space, 
                    "generated on the fly (seed 0)")
 
 
-def synthetic_runs(args) -> dict:
-    """Build time, recall and QPS of IVF-PQ at several sizes on SYNTHETIC data (see ``synthetic``)."""
-    rng = np.random.default_rng(0)
+def synthetic_source(seed: int = 0) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
+    """The generator, cluster centres and basis behind SYNTHETIC (draw queries first, then bases)."""
+    rng = np.random.default_rng(seed)
     centers = rng.normal(size=(10_000, 32)).astype(np.float32) * 3
     basis = rng.normal(size=(32, 128)).astype(np.float32) / np.sqrt(32)
+    return rng, centers, basis
+
+
+def synthetic_runs(args) -> dict:
+    """Build time, recall and QPS of IVF-PQ at several sizes on SYNTHETIC data (see ``synthetic``)."""
+    rng, centers, basis = synthetic_source()
     xq = synthetic(args.synthetic_queries, rng, centers, basis)
     out = {}
     for n in args.sizes:
