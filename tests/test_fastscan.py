@@ -245,7 +245,7 @@ def test_fs_spec_checks_the_dimension():
 def test_the_table_lookup_compiles_to_vpshufb():
     @njit
     def lookups(t, i, out):
-        simd.store16(simd.lut16(simd.load32(t, 0), simd.load32(i, 0)), out, 0)
+        simd.vstore(simd.lut16(simd.load32(t, 0), simd.load32(i, 0)), out, 0)
 
     t = np.arange(32, dtype=np.uint8) * 3
     i = np.random.default_rng(1).integers(0, 16, 32).astype(np.uint8)

@@ -19,17 +19,18 @@ even slot in its low byte and an odd slot in its high byte. Two accumulators per
 every total below 2**16, so all sums are exact integers and every path gives bit-identical results.
 
 **Tables.** The float table of (query q, probe p) is ``qtab[q] + ptab[l]`` (``ptab`` empty for flat or
-inner-product search; see :func:`ivf_list_tables`), plus the constant ``consts[q, p]``. Each is
+inner-product search; see :func:`annvq.index.fastscan.list_tables`), plus the constant ``consts[q, p]``. Each is
 quantised on its own: ``T[m, j] ~ min_m + lut[m, j] / s`` with one scale ``s`` per (query, probe), so
 the quantised distance ``consts + sum_m min_m + acc / s`` is in the same units for every probe and
 every segment: one top-k reservoir (:func:`~annvq.kernels.adc.topk_init`) serves them all, and an
 unpacked segment scanned with float tables can share it.
 
 **Admission.** A block's 32 sums are compared with the reservoir threshold converted to uint16 for
-that probe; the comparison mask, and-ed with the block's live-slot bitmap (``alive``: bit ``s`` of
-``alive[b]`` is set when slot ``s`` of block ``b`` holds a live row; padding and deleted rows are clear),
-is walked bit by bit, so a block without candidates costs no branch per vector. A list whose lower
-bound ``consts + sum_m min_m`` reaches the threshold is skipped whole.
+that probe; the comparison mask is and-ed with the block's live-slot bitmap (``alive``: bit ``s`` of
+``alive[b]`` is set when slot ``s`` of block ``b`` holds a live row; padding and deleted rows are clear,
+so tombstones cost nothing in the scan). A block without candidates costs one test; the candidates of
+a block enter the reservoir together, after it is shrunk (:func:`~annvq.kernels.adc.shrink`) when they
+would not fit. A list whose lower bound ``consts + sum_m min_m`` reaches the threshold is skipped whole.
 
 Paths (``path``): ``1`` 32-byte vectors (AVX2 vpshufb, NEON tbl) with the candidates of a block
 admitted bit by bit from the mask; ``2`` the same sums with AVX-512 compress stores admitting them;
@@ -64,13 +65,12 @@ from .simd import (
     minmax_rows16,
     popcount,
     splat32,
-    store16,
     store_u8,
-    storef16,
     vadd16,
     vand,
     vshl16,
     vsrl16,
+    vstore,
     vsub16,
     zeros32,
 )
@@ -80,11 +80,6 @@ PATHS = {"portable": 0, "avx2": 1, "neon": 1, "avx512": 2}
 DEFAULT_PATH = PATHS[SIMD_PATH]
 _QGROUP = 32  # queries sharing one pass over the codes in a flat scan
 _CHUNK_BYTES = 256 << 10  # codes scanned by a query group before moving on: stays in L2
-
-
-def padded_M(M: int) -> int:
-    """Sub-quantizers in the packed layout: ``M`` rounded up to even."""
-    return M + (M & 1)
 
 
 def block_offsets(offsets: np.ndarray) -> np.ndarray:
@@ -179,7 +174,7 @@ def _quantize(qt, pt, has_pt, lut, tmp, lo, hi):
     src = qt
     if has_pt:
         for m in range(M):
-            storef16(fadd(loadf16(qt, 16 * m), loadf16(pt, 16 * m)), tmp, 16 * m)
+            vstore(fadd(loadf16(qt, 16 * m), loadf16(pt, 16 * m)), tmp, 16 * m)
         src = tmp
     m16 = M - M % 16
     lbv = fsplat16(0.0)
@@ -229,6 +224,18 @@ def _u16_threshold(thresh, c0, s):
 
 
 @njit(cache=True, inline="always")
+def _mask_le(buf, thr, path):
+    """Bit ``j`` set where the block sum ``buf[j]`` is <= ``thr``."""
+    if path > 0:
+        return le16_mask(load32(buf, 0), thr) | (le16_mask(load32(buf, 16), thr) << 16)
+    mask = 0
+    for j in range(BLOCK):
+        if buf[j] <= thr:
+            mask |= 1 << j
+    return mask
+
+
+@njit(cache=True, inline="always")
 def _block_portable(flat, off, nchunk, lut, thr, buf):
     for j in range(BLOCK):
         buf[j] = 0
@@ -241,11 +248,7 @@ def _block_portable(flat, off, nchunk, lut, thr, buf):
                 slot = (i >> 1) + 8 * (i & 1)
                 buf[slot] += lut[tb + (c & 15)]
                 buf[16 + slot] += lut[tb + (c >> 4)]
-    mask = 0
-    for j in range(BLOCK):
-        if buf[j] <= thr:
-            mask |= 1 << j
-    return mask
+    return _mask_le(buf, thr, 0)
 
 
 @njit(cache=True, inline="always")
@@ -266,21 +269,9 @@ def _block_v32(flat, off, nchunk, lut, thr, buf):
         b_odd = vadd16(b_odd, vsrl16(r, 8))
     lo = fold16(vsub16(a_all, vshl16(a_odd, 8)), a_odd)
     hi = fold16(vsub16(b_all, vshl16(b_odd, 8)), b_odd)
-    store16(lo, buf, 0)
-    store16(hi, buf, 16)
+    vstore(lo, buf, 0)
+    vstore(hi, buf, 16)
     return le16_mask(lo, thr) | (le16_mask(hi, thr) << 16)
-
-
-@njit(cache=True, inline="always")
-def _mask_le(buf, thr, path):
-    """Bit ``j`` set where the block sum ``buf[j]`` is <= ``thr``."""
-    if path > 0:
-        return le16_mask(load32(buf, 0), thr) | (le16_mask(load32(buf, 16), thr) << 16)
-    mask = 0
-    for j in range(BLOCK):
-        if buf[j] <= thr:
-            mask |= 1 << j
-    return mask
 
 
 @njit(cache=True, inline="always")
@@ -290,8 +281,9 @@ def _scan_blocks(flat, bbytes, alive, b0, b1, label0, lut, c0, s, inv_s, rd, ri,
     ``(rd, ri)``; returns its new ``(cnt, thresh)``.
 
     A block's candidates (sum <= the threshold in uint16 units, live) enter together: when they would
-    overflow the reservoir, it is reduced to the best k first and the mask recomputed with the new
-    threshold. Every path admits the same candidates in slot order, so reservoirs stay identical.
+    overflow the reservoir, it is shrunk first and the mask recomputed with the new threshold. Every
+    path admits the same candidates in slot order, so reservoirs stay identical. Needs room for a
+    whole block after a shrink: the ``2k + 32`` slots of ``topk_init``.
     """
     nchunk = bbytes // 32
     cap = rd.shape[0]

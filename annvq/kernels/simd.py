@@ -44,19 +44,18 @@ __all__ = [
     "le16_mask",
     "load32",
     "loadf16",
-    "minmax_rows16",
     "lut16",
+    "minmax_rows16",
     "popcount",
     "prefetch",
     "splat32",
-    "store16",
     "store_u8",
-    "storef16",
     "u8x32",
     "vadd16",
     "vand",
     "vshl16",
     "vsrl16",
+    "vstore",
     "vsub16",
     "zeros32",
 ]
@@ -136,6 +135,12 @@ def _cast_int(builder: ir.IRBuilder, value: ir.Value, ty: ir.IntType) -> ir.Valu
     return value if w == ty.width else builder.trunc(value, ty) if w > ty.width else builder.zext(value, ty)
 
 
+def _elem_ptr(context, builder, aty, arr, i, vty):
+    """Pointer to element ``i`` of the array ``arr`` (Numba type ``aty``), typed as a pointer to ``vty``."""
+    a = context.make_array(aty)(context, builder, arr)
+    return builder.bitcast(builder.gep(a.data, [i]), vty.as_pointer())
+
+
 def _is_bytes_array(a) -> bool:
     return isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype in (types.uint8, types.uint16)
 
@@ -147,9 +152,7 @@ def load32(typingctx, arr, idx):
         return None
 
     def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        ptr = builder.gep(a.data, [args[1]])
-        return builder.load(builder.bitcast(ptr, _bytes(32).as_pointer()), align=1)
+        return builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1], _bytes(32)), align=1)
 
     return u8x32(arr, idx), codegen
 
@@ -191,15 +194,17 @@ def vand(typingctx, a, b):
     return a(a, b), codegen
 
 
-def _u16_binop(op: str):
+def _u16_op(op: str, scalar: bool):
+    """A uint16 lane-wise ``op`` of two vectors, or of a vector and one integer for every lane."""
     def typer(typingctx, a, b):
-        if not _same_vectors(a, b):
+        if not (isinstance(a, ByteVector) and (isinstance(b, types.Integer) if scalar else _same_vectors(a, b))):
             return None
 
         def codegen(context, builder, sig, args):
-            n = sig.args[0].n
-            x, y = (builder.bitcast(v, _words(n)) for v in args)
-            return builder.bitcast(getattr(builder, op)(x, y), _bytes(n))
+            wt = _words(sig.args[0].n)
+            x = builder.bitcast(args[0], wt)
+            y = _splat(builder, _cast_int(builder, args[1], _I16), wt) if scalar else builder.bitcast(args[1], wt)
+            return builder.bitcast(getattr(builder, op)(x, y), _bytes(sig.args[0].n))
 
         return a(a, b), codegen
 
@@ -207,31 +212,13 @@ def _u16_binop(op: str):
     return intrinsic(typer)
 
 
-vadd16 = _u16_binop("add")
+vadd16 = _u16_op("add", False)
 vadd16.__doc__ = "uint16 lane-wise addition, wrapping modulo 2**16."
-vsub16 = _u16_binop("sub")
+vsub16 = _u16_op("sub", False)
 vsub16.__doc__ = "uint16 lane-wise subtraction, wrapping modulo 2**16."
-
-
-def _u16_shift(op: str):
-    def typer(typingctx, a, s):
-        if not (isinstance(a, ByteVector) and isinstance(s, types.Integer)):
-            return None
-
-        def codegen(context, builder, sig, args):
-            wt = _words(sig.args[0].n)
-            x = builder.bitcast(args[0], wt)
-            return builder.bitcast(getattr(builder, op)(x, _splat(builder, _cast_int(builder, args[1], _I16), wt)), _bytes(sig.args[0].n))
-
-        return a(a, s), codegen
-
-    typer.__name__ = f"v{op}16"
-    return intrinsic(typer)
-
-
-vshl16 = _u16_shift("shl")
+vshl16 = _u16_op("shl", True)
 vshl16.__doc__ = "Shift every uint16 lane left by ``s`` bits (a constant after inlining: one vpsllw)."
-vsrl16 = _u16_shift("lshr")
+vsrl16 = _u16_op("lshr", True)
 vsrl16.__doc__ = "Shift every uint16 lane right (logical) by ``s`` bits (a constant after inlining: one vpsrlw)."
 
 
@@ -318,21 +305,6 @@ def le16_mask(typingctx, a, t):
 
 
 @intrinsic
-def store16(typingctx, v, out, i):
-    """Store a vector's uint16 lanes into a C-contiguous uint16 array from element ``i`` (no bounds check)."""
-    if not (isinstance(v, ByteVector) and _is_bytes_array(out) and out.dtype == types.uint16 and isinstance(i, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[1])(context, builder, args[1])
-        ptr = builder.bitcast(builder.gep(a.data, [args[2]]), _bytes(sig.args[0].n).as_pointer())
-        builder.store(args[0], ptr, align=1)
-        return context.get_dummy_value()
-
-    return types.none(v, out, i), codegen
-
-
-@intrinsic
 def popcount(typingctx, x):
     """Number of set bits of an int64 (``llvm.ctpop``: one popcnt)."""
     if not isinstance(x, types.Integer):
@@ -379,11 +351,6 @@ def _is_f32_array(a) -> bool:
     return isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == types.float32
 
 
-def _elem_ptr(context, builder, aty, arr, i, vty):
-    a = context.make_array(aty)(context, builder, arr)
-    return builder.bitcast(builder.gep(a.data, [i]), vty.as_pointer())
-
-
 @intrinsic
 def loadf16(typingctx, arr, i):
     """16 float32 of a C-contiguous float32 array from element ``i`` (unaligned; no bounds check)."""
@@ -397,13 +364,16 @@ def loadf16(typingctx, arr, i):
 
 
 @intrinsic
-def storef16(typingctx, v, arr, i):
-    """Store 16 float32 into a C-contiguous float32 array from element ``i`` (no bounds check)."""
-    if not (v == f32x16 and _is_f32_array(arr) and isinstance(i, types.Integer)):
+def vstore(typingctx, v, arr, i):
+    """Store a vector's bytes into a C-contiguous array from its element ``i``: a byte vector into a
+    uint8/uint16 array, 16 floats into a float32 array (unaligned; no bounds check)."""
+    if not (isinstance(i, types.Integer) and ((isinstance(v, ByteVector) and _is_bytes_array(arr))
+                                               or (v == f32x16 and _is_f32_array(arr)))):
         return None
 
     def codegen(context, builder, sig, args):
-        builder.store(args[0], _elem_ptr(context, builder, sig.args[1], args[1], args[2], _F16), align=4)
+        ptr = _elem_ptr(context, builder, sig.args[1], args[1], args[2], args[0].type)
+        builder.store(args[0], ptr, align=1)
         return context.get_dummy_value()
 
     return types.none(v, arr, i), codegen
@@ -548,8 +518,7 @@ def store_u8(typingctx, v, out, i):
 
     def codegen(context, builder, sig, args):
         b = builder.fptoui(args[0], _bytes(16))
-        a = context.make_array(sig.args[1])(context, builder, args[1])
-        builder.store(b, builder.bitcast(builder.gep(a.data, [args[2]]), _bytes(16).as_pointer()), align=1)
+        builder.store(b, _elem_ptr(context, builder, sig.args[1], args[1], args[2], _bytes(16)), align=1)
         return context.get_dummy_value()
 
     return types.none(v, out, i), codegen
@@ -617,8 +586,7 @@ def prefetch(typingctx, arr, i):
         return None
 
     def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        ptr = builder.bitcast(builder.gep(a.data, [args[1]]), ir.IntType(8).as_pointer())
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], _I8)
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32]),
                                             "llvm.prefetch.p0")
         builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
