@@ -332,14 +332,15 @@ def ivf_targets(rows, specs: dict[str, str]) -> dict[str, float | None]:
     hn = curves.get(("hnswlib", "HNSW M=16"))
     if hn:
         out["hnswlib resident bytes per vector"] = hn[0]["bytes_per_vec"]
-        out["annvq fs,Refine code bytes per vector in RAM (exact vectors are read for re-ranking only)"] = next(
+        out["annvq fs code bytes per vector (+ 4 d for the exact vectors Refine reads, held in RAM here)"] = next(
             pts[0]["bytes_per_vec"] for (lb, _), pts in curves.items() if lb == "annvq" and pts[0]["family"] == fs_r)
     for key, v in out.items():
         print(f"{key}: {'not reached' if v is None else f'{v:.3f}' if abs(v) < 10 else f'{v:.0f}'}")
     return out
 
 
-def plot(rows, name: str, path: Path) -> None:
+def plot(rows, name: str, path: Path, clock: str) -> None:
+    """Recall-QPS curves: one colour per index (family and k_factor), solid annvq, dashed faiss, dotted hnswlib."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -348,14 +349,15 @@ def plot(rows, name: str, path: Path) -> None:
     curves: dict[tuple[str, str], list] = {}
     for r in rows:
         curves.setdefault((r["lib"], r["spec"]), []).append(r)
+    kinds = list(dict.fromkeys(f"{r['family']}{r['spec'].partition(' (')[2]}" for r in rows))
     fig, ax = plt.subplots(figsize=(9, 6))
-    for i, ((lib, spec), pts) in enumerate(curves.items()):
-        style = {"annvq": "-", "faiss": "--", "hnswlib": ":"}[lib]
-        ax.plot([p["R@10"] for p in pts], [p["qps"] for p in pts], style, marker="o", ms=3.5,
-                color=plt.get_cmap("tab10")(i % 10), label=f"{lib} {spec}")
+    for (lib, spec), pts in curves.items():
+        kind = f"{pts[0]['family']}{spec.partition(' (')[2]}"
+        ax.plot([p["R@10"] for p in pts], [p["qps"] for p in pts], {"annvq": "-", "faiss": "--", "hnswlib": ":"}[lib],
+                marker="o", ms=3.5, color=plt.get_cmap("tab10")(kinds.index(kind) % 10), label=f"{lib} {spec}")
     ax.set_yscale("log")
     ax.set_xlabel("R@10 (true nearest neighbour in the top 10)")
-    ax.set_ylabel("queries per second (1 thread, batch of 1,000, k=10)")
+    ax.set_ylabel(f"queries per {'CPU ' if clock == 'cpu' else ''}second (1 thread, batch of 1,000, k=10)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"{name}: fast-scan and 8-bit PQ at 16 bytes per vector; up and right is better")
@@ -381,7 +383,7 @@ def ivf_run(name, x, xt, xq, gt, nlist, args) -> dict:
     if hnswlib is not None and not args.no_hnsw and (name.startswith("builtin") or args.hnsw_synthetic):
         rows += hnsw_curve(name, x, xq, gt, args)
     png = RESULTS / f"fastscan_{name}.png"
-    plot(rows, name, png)
+    plot(rows, name, png, args.clock)
     return {"rows": rows, "targets": ivf_targets(rows, specs), "plot": str(png.relative_to(RESULTS.parent.parent))}
 
 
