@@ -15,13 +15,14 @@ at equal nprobe, and writes recall-QPS curves (PNG) and ``results/fastscan.json`
 
 Codecs (``--codecs``): which 4-bit codec should feed the layout: R@10 of exhaustive float ADC search
 with PQ32x4, OPQ32x4 and RQ/AQ with 4-bit codebooks at the same 16 bytes per vector (plus a stored norm
-for the additive codecs, as they need one), on the built-in set; faiss ``PQ32x4fs`` and ``RQ32x4fs``
-alongside.
+for the additive codecs, as they need one), on the built-in set, faiss's fast-scan PQ, RQ and LSQ
+alongside; then IVF256 with RQ codes (norm as two more 4-bit codes) through the fast-scan layout against
+``IVF256,PQ32x4fs``.
 
     python benchmarks/bench_fastscan.py                     # everything
     python benchmarks/bench_fastscan.py --flat --n 1000000
     python benchmarks/bench_fastscan.py --ivf --datasets builtin
-    python benchmarks/bench_fastscan.py --codecs
+    python benchmarks/bench_fastscan.py --codecs --codecs-ivf
 
 annvq's fast-scan indexes are assembled here from ``annvq.index.fastscan.FastScanLists`` and a coarse
 quantizer (:class:`FastScanIndex`); ``make_index`` is the one line to switch to ``annvq.index_factory``.
@@ -432,11 +433,63 @@ def codec_runs(args) -> dict:
     return {"rows": rows}
 
 
+def ivf_rq_rows(args) -> list[dict]:
+    """IVF256 with 4-bit RQ codes through the fast-scan layout, against PQ at the same 16 bytes.
+
+    RQ codes residuals with M - 2 codebooks; its 8-bit norm ``||r^||^2`` code is two more 4-bit codes
+    (high and low nibble, tables ``16 j step`` and ``j step``), so the distance ``||q - c||^2 - 2 q.r^ +
+    2 c.r^ + ||r^||^2`` is one table sum: ``qtab = -2 q.C``, ``ptab = 2 c.C`` plus the norm tables.
+    """
+    from annvq.index.norms import NormCodec
+    from annvq.quantizers import ResidualQuantizer
+
+    ds = load_default()
+    x, xt, xq, gt = ds.train, ds.learn, ds.test, ds.neighbors
+    M, nlist = args.M, 256
+    coarse = FlatCoarse(nlist).fit(xt)
+    rq = ResidualQuantizer(x.shape[1], M - 2, 4).fit(xt - coarse.centroids[coarse.assign(xt)])
+    lists = coarse.assign(x)
+    order = np.argsort(lists, kind="stable")
+    codes = rq.encode(x[order] - coarse.centroids[lists[order]])
+    rhat = rq.decode(codes)
+    norms = NormCodec(8).fit(np.einsum("ij,ij->i", rhat, rhat))
+    ncode = norms.encode(np.einsum("ij,ij->i", rhat, rhat))
+    packed = FastScanLists.from_codes(np.column_stack([codes, ncode & 15, ncode >> 4]).astype(np.uint8),
+                                      np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=nlist))]))
+    step = (norms.vmax - norms.vmin) / 255.0
+    ptab = np.zeros((nlist, M, 16), dtype=np.float32)
+    ptab[:, : M - 2] = 2.0 * np.einsum("ld,mjd->lmj", coarse.centroids, rq.codebooks)
+    ptab[:, M - 2] = np.arange(16) * step
+    ptab[:, M - 1] = np.arange(16) * 16 * step
+    flat_cb = rq.codebooks.reshape(-1, x.shape[1])
+
+    def rq_search(q, nprobe):
+        consts, probes = coarse.search(q, nprobe)
+        qtab = np.zeros((len(q), M, 16), dtype=np.float32)
+        qtab[:, : M - 2] = (-2.0 * (q @ flat_cb.T)).reshape(len(q), M - 2, 16)
+        res = new_reservoir(len(q), K)
+        packed.search(qtab, res, probes, consts + np.float32(norms.vmin), ptab)
+        L = finish_reservoir(res)[1]
+        return np.where(L >= 0, order[np.maximum(L, 0)], -1)
+
+    pq = FastScanIndex(x.shape[1], f"IVF{nlist},PQ{M}x4fs")
+    pq.train(xt)
+    pq.add(x)
+    nprobes = [2, 4, 8, 16, 32]
+    state = {"nprobe": 1}
+    rows = _sweep("annvq", f"IVF{nlist},RQ{M - 2}x4 + 8-bit norm, fast-scan", "builtin-110k", xq, gt, nprobes,
+                  lambda p: state.update(nprobe=p), lambda q: rq_search(q, state["nprobe"]), M / 2, args.min_seconds)
+    rows += _sweep("annvq", f"IVF{nlist},PQ{M}x4fs", "builtin-110k", xq, gt, nprobes, lambda p: setattr(pq, "nprobe", p),
+                   lambda q: pq.search(q, K)[1], M / 2, args.min_seconds)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--flat", action="store_true", help="flat PQ32x4fs over 1M synthetic vectors vs faiss")
     ap.add_argument("--ivf", action="store_true", help="IVF sweeps vs faiss, 8-bit PQ and hnswlib")
-    ap.add_argument("--codecs", action="store_true", help="R@10 of 4-bit PQ/OPQ/RQ/AQ at equal bytes")
+    ap.add_argument("--codecs", action="store_true", help="R@10 of 4-bit PQ/OPQ/RQ/AQ at equal bytes (exhaustive)")
+    ap.add_argument("--codecs-ivf", action="store_true", help="IVF256 with 4-bit RQ codes through fast-scan vs PQ")
     ap.add_argument("--datasets", nargs="*", default=["builtin", "synthetic"], help="builtin and/or synthetic")
     ap.add_argument("--M", type=int, default=32, help="4-bit sub-quantizers (PQ16x8 peers use M/2)")
     ap.add_argument("--n", type=int, default=1_000_000, help="SYNTHETIC base size")
@@ -458,7 +511,7 @@ def main() -> None:
     args = ap.parse_args()
     CLOCK["fn"] = time.process_time if args.clock == "cpu" else time.perf_counter
     apply_thread_limits(1)
-    run_all = not (args.flat or args.ivf or args.codecs)
+    run_all = not (args.flat or args.ivf or args.codecs or args.codecs_ivf)
     print(f"fast-scan SIMD path: {SIMD_PATH}")
     path = RESULTS / "fastscan.json"
     out = json.loads(path.read_text()) if path.exists() else {}  # sections not run now are kept
@@ -470,6 +523,8 @@ def main() -> None:
         out.setdefault("ivf", {}).update({name: {"clock": args.clock, **run} for name, run in ivf_runs(args).items()})
     if args.codecs or run_all:
         out["codecs"] = codec_runs(args)
+    if args.codecs_ivf or run_all:
+        out["codecs_ivf"] = {"clock": args.clock, "rows": ivf_rq_rows(args)}
     print(f"results written to {write_results('fastscan', out)}")
 
 
