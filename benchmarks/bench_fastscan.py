@@ -516,6 +516,7 @@ def main() -> None:
     path = RESULTS / "fastscan.json"
     out = json.loads(path.read_text()) if path.exists() else {}  # sections not run now are kept
     out.pop("machine", None)
+    out.pop("clock", None)  # each section records its own clock
     out.update({"threads": 1, "k": K, "simd_path": SIMD_PATH})
     if args.flat or run_all:
         out["flat"] = {"clock": args.clock, **flat_run(args)}
