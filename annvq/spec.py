@@ -4,9 +4,12 @@ Grammar (comma-separated parts, case-sensitive like faiss)::
 
     [IVF<nlist>[_HKM],] [OPQ<M>,] <codec> [,Refine]
 
-    codec := PQ<M>[x<nbits>] | SQ<nbits> | RQ<M>x<nbits>[_N<8|32>] | AQ<M>x<nbits>[_N<8|32>] | CQ<M>x<nbits>
+    codec := PQ<M>[x<nbits>] | PQ<M>x4fs | SQ<nbits> | RQ<M>x<nbits>[_N<8|32>] | AQ<M>x<nbits>[_N<8|32>] | CQ<M>x<nbits>
 
-Examples: ``PQ8x8``, ``OPQ16,PQ16x8``, ``IVF1024,PQ16x8``, ``IVF256_HKM,RQ7x8,Refine``, ``CQ8x8``.
+Examples: ``PQ8x8``, ``OPQ16,PQ16x8``, ``IVF1024,PQ16x8``, ``IVF256_HKM,RQ7x8,Refine``, ``CQ8x8``, ``IVF256,PQ32x4fs``.
+The ``fs`` suffix (4-bit PQ or OPQ only) selects the fast-scan layout: the same codes packed two per
+byte in blocks of 32 vectors, scanned with SIMD byte shuffles over uint8-quantised tables
+(:mod:`annvq.index.fastscan`).
 ``_N<bits>`` (the stored norm of a flat RQ/AQ index) is not taken by IVF indexes, which keep exact norms.
 ``_HKM`` selects the tree-structured (hierarchical k-means) coarse quantizer; ``Refine`` keeps the
 exact vectors on disk and re-ranks the top ``k_factor * k`` candidates with them.
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
 CodecKind = Literal["sq", "pq", "opq", "rq", "aq", "cq"]
 ADDITIVE = ("rq", "aq", "cq")
 
-_CODEC_RE = re.compile(r"^(PQ|RQ|AQ|CQ)([0-9]+)(?:x([0-9]+))?(?:_N([0-9]+))?$")
+_CODEC_RE = re.compile(r"^(PQ|RQ|AQ|CQ)([0-9]+)(?:x([0-9]+)(fs)?)?(?:_N([0-9]+))?$")
 _SQ_RE = re.compile(r"^SQ([0-9]+)$")
 _IVF_RE = re.compile(r"^IVF([0-9]+)(_HKM)?$")
 _OPQ_RE = re.compile(r"^OPQ([0-9]+)$")
@@ -67,6 +70,8 @@ class IndexSpec(BaseModel):
                                       description="inverted lists; None for a flat (exhaustive) index")
     coarse: Literal["flat", "tree"] = Field("flat", description="coarse quantizer of an IVF index")
     rerank: bool = Field(False, strict=True, description="keep exact vectors and re-rank candidates with them")
+    fast_scan: bool = Field(False, strict=True, description="fast-scan layout ('fs'): 4-bit PQ/OPQ codes packed in "
+                            "blocks of 32 vectors, scanned with SIMD byte shuffles")
     options: dict[str, Any] = Field(default_factory=dict, description="extra codec parameters, e.g. beam_size")
 
     @model_validator(mode="after")
@@ -77,6 +82,8 @@ class IndexSpec(BaseModel):
             raise ValueError("coarse: a tree coarse quantizer needs nlist (an IVF index)")
         if self.nlist is not None and self.norm_bits != 8:
             raise ValueError("norm_bits: applies to flat indexes; an IVF index computes exact norms in memory")
+        if self.fast_scan and (self.codec not in ("pq", "opq") or self.nbits != 4):
+            raise ValueError(f"fast_scan: the fs layout takes 4-bit PQ or OPQ codes, got {self.codec} with nbits={self.nbits}")
         return self
 
     @classmethod
@@ -106,9 +113,11 @@ class IndexSpec(BaseModel):
             kind = m.group(1).lower()
             fields.update(codec=kind, M=int(m.group(2)), nbits=int(m.group(3) or 8))
             if m.group(4):
+                fields["fast_scan"] = True
+            if m.group(5):
                 if kind not in ("rq", "aq") or "nlist" in fields:
                     raise SpecError(f"index spec {text!r}: _N<bits> (stored norm) applies to flat RQ and AQ indexes only")
-                fields["norm_bits"] = int(m.group(4))
+                fields["norm_bits"] = int(m.group(5))
         else:
             raise SpecError(f"index spec {text!r}: cannot parse codec part {part!r}")
         if opq_m is not None:
@@ -145,7 +154,7 @@ class IndexSpec(BaseModel):
         elif self.codec in ("pq", "opq"):
             if self.codec == "opq":
                 parts.append(f"OPQ{self.M}")
-            parts.append(f"PQ{self.M}x{self.nbits}")
+            parts.append(f"PQ{self.M}x{self.nbits}" + ("fs" if self.fast_scan else ""))
         else:
             norm = f"_N{self.norm_bits}" if self.codec in ("rq", "aq") and self.nlist is None else ""
             parts.append(f"{self.codec.upper()}{self.M}x{self.nbits}{norm}")
@@ -212,6 +221,9 @@ def index_factory(d: int, spec: "IndexSpec | str | dict[str, Any]", metric: str 
         raise SpecError(f"d must be a positive integer, got {d!r}")
     spec = as_spec(spec)
     codec = make_codec(spec, d)
+    if spec.fast_scan:
+        raise SpecError(f"index spec {spec.to_string()!r}: index_factory does not build fast-scan indexes; "
+                        "pack the codes with annvq.index.fastscan.FastScanLists")
     if spec.nlist is None:
         from .index.flat import FlatIndex
 

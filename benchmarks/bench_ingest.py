@@ -25,7 +25,7 @@ from common import apply_thread_limits, markdown_table, pin_threads, write_resul
 
 pin_threads(1)
 import numpy as np  # noqa: E402
-from bench_ivf import synthetic, synthetic_space  # noqa: E402
+from bench_ivf import synthetic, synthetic_source  # noqa: E402
 from bench_server import _free_port, _ok, _request, _start_server, _stop_server  # noqa: E402
 
 import annvq  # noqa: E402
@@ -197,8 +197,7 @@ def main() -> None:
     ap.add_argument("--skip-http", action="store_true")
     args = ap.parse_args()
     apply_thread_limits(1)
-    rng = np.random.default_rng(0)
-    centers, basis = synthetic_space(rng)
+    rng, centers, basis = synthetic_source()
     data = (synthetic(args.ntrain, rng, centers, basis), synthetic(args.n, rng, centers, basis),
             synthetic(10_000, rng, centers, basis))
     xq = synthetic(1000, rng, centers, basis)

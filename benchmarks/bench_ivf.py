@@ -237,13 +237,6 @@ def real_runs(args) -> dict:
     return out
 
 
-def synthetic_space(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``(centers, basis)`` of the SYNTHETIC data (see ``synthetic``)."""
-    centers = rng.normal(size=(10_000, 32)).astype(np.float32) * 3
-    basis = rng.normal(size=(32, 128)).astype(np.float32) / np.sqrt(32)
-    return centers, basis
-
-
 def synthetic(n: int, rng: np.random.Generator, centers: np.ndarray, basis: np.ndarray) -> np.ndarray:
     """SYNTHETIC: 10,000 unit Gaussian clusters in a 32-D latent space mapped linearly to 128-D, plus small
     noise. Nearest neighbours are meaningful (as in real descriptors, whose intrinsic dimension is low),
@@ -257,10 +250,17 @@ SYNTHETIC_LABEL = ("SYNTHETIC: 10,000 Gaussian clusters in a 32-D latent space, 
                    "generated on the fly (seed 0)")
 
 
+def synthetic_source(seed: int = 0) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
+    """The generator, cluster centres and basis behind SYNTHETIC (draw queries first, then bases)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(10_000, 32)).astype(np.float32) * 3
+    basis = rng.normal(size=(32, 128)).astype(np.float32) / np.sqrt(32)
+    return rng, centers, basis
+
+
 def synthetic_runs(args) -> dict:
     """Build time, recall and QPS of IVF-PQ at several sizes on SYNTHETIC data (see ``synthetic``)."""
-    rng = np.random.default_rng(0)
-    centers, basis = synthetic_space(rng)
+    rng, centers, basis = synthetic_source()
     xq = synthetic(args.synthetic_queries, rng, centers, basis)
     out = {}
     for n in args.sizes:

@@ -12,7 +12,7 @@ sorted (computed on first lookup), the growing segment a hash map.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -100,7 +100,7 @@ class Segment:
         self.tomb_version = 0  # bumped on every delete; storage compares it with what it has written
         self.extents = _extents_of_offsets(offsets)
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None
-XX
+        self.stored: Any = None  # the storage layer's record of this segment's file, once written
         if deleted is not None and deleted.size:
             self.delete_rows(deleted)
             self.tomb_version = 0

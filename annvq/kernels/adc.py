@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .simd import ctz, flt_mask, loadf16
+
 
 def l2_tables(xq_sub: np.ndarray, codebooks: np.ndarray, cb_norms: np.ndarray | None = None) -> np.ndarray:
     """Squared L2 tables ``T[q, m, j] = ||xq_sub[q, m] - codebooks[m, j]||^2``.
@@ -45,44 +47,69 @@ def _neg_dots(xq_sub: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, inline="always")
-def _swap(d, lab, a, b):
-    d[a], d[b] = d[b], d[a]
-    lab[a], lab[b] = lab[b], lab[a]
+def _partition(d, lab, lo, hi, pivot, or_equal):
+    """Move the entries of ``d[lo:hi]`` below ``pivot`` (or equal to it, with ``or_equal``) to the front,
+    labels alongside; returns where the rest starts. Every step stores unconditionally and advances
+    by the comparison's 0/1, so the loop has no data-dependent branch to mispredict."""
+    j = lo
+    for i in range(lo, hi):
+        v = d[i]
+        w = lab[i]
+        d[i] = d[j]
+        lab[i] = lab[j]
+        d[j] = v
+        lab[j] = w
+        j += (v <= pivot) if or_equal else (v < pivot)
+    return j
+
+
+@njit(cache=True)
+def select_range(d, lab, n, kmin, kmax):
+    """Reorder ``d[:n]`` (and ``lab`` alongside) so that ``d[:m]`` holds the m smallest for some m with
+    ``kmin <= m <= kmax`` (ties broken arbitrarily); returns m.
+
+    Quickselect with branch-free partitions, in place, stopping at the first partition that lands in
+    the range: the pivot is the median of three samples or, when few entries are wanted from a long
+    range, the least of several samples (one pass then leaves about twice as many as wanted). When no
+    entry is below the pivot, it is the least value and one more pass sets its copies apart, so runs of
+    ties (quantised distances have many) cannot stall the search. Mispredicted branches dominated the
+    cost of a Hoare partition on the short buffers of a top-k reservoir.
+    """
+    lo, hi = 0, n
+    while True:
+        # d[:lo] <= d[lo:hi] <= d[hi:n]; lo <= kmax and hi >= kmin
+        if hi <= kmax:
+            return hi
+        if lo >= kmin:
+            return lo
+        want = kmin - lo
+        samples = min(32, (hi - lo) // (2 * want))
+        if samples >= 2:
+            step = (hi - lo) // samples
+            pivot = d[lo]
+            for t in range(1, samples):
+                pivot = min(pivot, d[lo + t * step])
+        else:
+            a, b, c = d[lo], d[(lo + hi) // 2], d[hi - 1]
+            pivot = max(min(a, b), min(max(a, b), c))
+        j = _partition(d, lab, lo, hi, pivot, False)
+        if j > kmax:
+            hi = j
+        elif j >= kmin:
+            return j
+        elif j > lo:
+            lo = j
+        else:  # the pivot is the least of the range: set its copies apart (all equal, any count will do)
+            j = _partition(d, lab, lo, hi, pivot, True)
+            if j >= kmin:
+                return min(j, kmax)
+            lo = j
 
 
 @njit(cache=True)
 def select_k(d, lab, n, k):
-    """Reorder ``d[:n]`` (and ``lab`` alongside) so ``d[:k]`` holds the k smallest; returns their maximum.
-
-    Quickselect (median-of-three pivot, Hoare partition): linear time, in place.
-    """
-    lo, hi, target = 0, n - 1, k - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if d[mid] < d[lo]:
-            _swap(d, lab, mid, lo)
-        if d[hi] < d[lo]:
-            _swap(d, lab, hi, lo)
-        if d[hi] < d[mid]:
-            _swap(d, lab, hi, mid)
-        pivot = d[mid]
-        i, j = lo, hi
-        while i <= j:
-            while d[i] < pivot:
-                i += 1
-            while d[j] > pivot:
-                j -= 1
-            if i <= j:
-                _swap(d, lab, i, j)
-                i += 1
-                j -= 1
-        # now d[lo..j] <= pivot <= d[i..hi], and everything strictly between equals the pivot
-        if target <= j:
-            hi = j
-        elif target >= i:
-            lo = i
-        else:
-            break
+    """Reorder ``d[:n]`` (and ``lab`` alongside) so ``d[:k]`` holds the k smallest; returns their maximum."""
+    select_range(d, lab, n, k, k)
     worst = d[0]
     for a in range(1, k):
         worst = max(worst, d[a])
@@ -90,11 +117,27 @@ def select_k(d, lab, n, k):
 
 
 @njit(cache=True)
+def shrink(d, lab, n, k):
+    """Make room in a full reservoir ``d[:n]``: keep its m smallest, k <= m <= max(k, n - 32), cheaply (the
+    first partition that lands in that range); returns ``(m, their maximum)``, the new count and threshold.
+
+    Stopping short of exactly k costs a somewhat higher threshold (a few more candidates admitted) and
+    saves most partition rounds; topk_finish selects exactly.
+    """
+    m = select_range(d, lab, n, k, max(k, n - 32))
+    worst = d[0]
+    for a in range(1, m):
+        worst = max(worst, d[a])
+    return m, worst
+
+
+@njit(cache=True)
 def topk_init(nq: int, k: int):
     """Empty top-k reservoirs for ``nq`` queries: ``(dist, label, count, threshold)``.
 
     A reservoir takes every candidate below its threshold into a buffer of ``2k + 32`` slots; when the
-    buffer fills, a quickselect keeps the k best and the threshold drops to the k-th distance. That
+    buffer fills, a quickselect keeps the best k to 2k (:func:`shrink`) and the threshold drops to the
+    largest kept distance. That
     costs O(1) per accepted candidate where a heap costs O(log k), which matters for k = 100 on short
     inverted lists, where most candidates are accepted.
     """
@@ -107,19 +150,32 @@ def topk_init(nq: int, k: int):
 def admit(dist, n, base, rd, ri, cnt, thresh, k):
     """Offer ``dist[:n]`` with labels ``base + j`` to the reservoir ``(rd, ri)``; returns ``(cnt, thresh)``.
 
-    A candidate enters when it beats ``thresh``; when the reservoir fills, the k best are kept and
-    ``thresh`` drops to the k-th distance.
+    A candidate enters when it beats ``thresh``; when the reservoir fills, it is shrunk (:func:`shrink`)
+    and ``thresh`` drops to the largest distance kept. Sixteen distances are compared with the threshold at once
+    and only the lanes below it visited, so a long run of rejected candidates costs no branch each.
     """
     cap = rd.shape[0]
-    for j in range(n):
+    n16 = n - n % 16
+    for j0 in range(0, n16, 16):
+        mask = flt_mask(loadf16(dist, j0), thresh)
+        while mask != 0:
+            j = j0 + ctz(mask)
+            mask &= mask - 1
+            s = dist[j]
+            if s < thresh:  # the threshold may have dropped since the lanes were compared
+                rd[cnt] = s
+                ri[cnt] = base + j
+                cnt += 1
+                if cnt == cap:
+                    cnt, thresh = shrink(rd, ri, cnt, k)
+    for j in range(n16, n):
         s = dist[j]
         if s < thresh:
             rd[cnt] = s
             ri[cnt] = base + j
             cnt += 1
             if cnt == cap:
-                thresh = select_k(rd, ri, cnt, k)
-                cnt = k
+                cnt, thresh = shrink(rd, ri, cnt, k)
     return cnt, thresh
 
 
@@ -168,8 +224,7 @@ def scan_codes(table, codes, bias, const, base, rd, ri, cnt, thresh, k):
                 ri[cnt] = base + i + j
                 cnt += 1
                 if cnt == cap:
-                    thresh = select_k(rd, ri, cnt, k)
-                    cnt = k
+                    cnt, thresh = shrink(rd, ri, cnt, k)
     return cnt, thresh
 
 
@@ -179,10 +234,23 @@ def topk_finish(rd, ri, cnt, k, out_d, out_i):
     if cnt > k:
         select_k(rd, ri, cnt, k)
         cnt = k
-    order = np.argsort(rd[:cnt])
-    for j in range(cnt):
-        out_d[j] = rd[order[j]]
-        out_i[j] = ri[order[j]]
+    if cnt <= 32:  # insertion sort in place: no allocation, fast for the usual small k
+        for j in range(1, cnt):
+            v, w = rd[j], ri[j]
+            a = j
+            while a > 0 and rd[a - 1] > v:
+                rd[a] = rd[a - 1]
+                ri[a] = ri[a - 1]
+                a -= 1
+            rd[a] = v
+            ri[a] = w
+        out_d[:cnt] = rd[:cnt]
+        out_i[:cnt] = ri[:cnt]
+    else:
+        order = np.argsort(rd[:cnt])
+        for j in range(cnt):
+            out_d[j] = rd[order[j]]
+            out_i[j] = ri[order[j]]
     for j in range(cnt, k):
         out_d[j] = np.inf
         out_i[j] = -1

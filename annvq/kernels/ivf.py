@@ -161,25 +161,33 @@ def exact_distances(xq, vectors, where, use_ip):
     return out
 
 
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _sq_norm(v):
+    """``v . v`` with reassociation allowed, so the sum vectorises."""
+    s = np.float32(0.0)
+    for j in range(v.shape[0]):
+        s += v[j] * v[j]
+    return s
+
+
 @njit(cache=True, parallel=True)
 def coarse_topk(xq, dots, c_norms, nprobe, use_ip):
     """The ``nprobe`` best centroids per query from ``dots = xq @ centroids.T``, ``(D, L)`` ascending.
 
     Scores are squared L2 distances ``||q||^2 + ||c||^2 - 2 q.c`` (clipped at 0), or ``-q.c`` when
-    ``use_ip``.
+    ``use_ip``. Queries go in groups that share one score buffer.
     """
     nq, nlist = dots.shape
     rd, ri, cnt, thresh = topk_init(nq, nprobe)
     D = np.empty((nq, nprobe), dtype=np.float32)
     L = np.empty((nq, nprobe), dtype=np.int64)
-    for q in prange(nq):
-        qn = np.float32(0.0)
-        if not use_ip:
-            for j in range(xq.shape[1]):
-                qn += xq[q, j] * xq[q, j]
+    group = 16
+    for g in prange((nq + group - 1) // group):
         scores = np.empty(nlist, dtype=np.float32)
-        for c in range(nlist):
-            scores[c] = -dots[q, c] if use_ip else max(qn + c_norms[c] - np.float32(2.0) * dots[q, c], np.float32(0.0))
-        c_, t_ = admit(scores, nlist, 0, rd[q], ri[q], cnt[q], thresh[q], nprobe)
-        topk_finish(rd[q], ri[q], c_, nprobe, D[q], L[q])
+        for q in range(g * group, min(nq, (g + 1) * group)):
+            qn = np.float32(0.0) if use_ip else _sq_norm(xq[q])
+            for c in range(nlist):
+                scores[c] = -dots[q, c] if use_ip else max(qn + c_norms[c] - np.float32(2.0) * dots[q, c], np.float32(0.0))
+            c_, t_ = admit(scores, nlist, 0, rd[q], ri[q], cnt[q], thresh[q], nprobe)
+            topk_finish(rd[q], ri[q], c_, nprobe, D[q], L[q])
     return D, L
