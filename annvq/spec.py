@@ -221,16 +221,15 @@ def index_factory(d: int, spec: "IndexSpec | str | dict[str, Any]", metric: str 
         raise SpecError(f"d must be a positive integer, got {d!r}")
     spec = as_spec(spec)
     codec = make_codec(spec, d)
-    if spec.fast_scan:
-        raise SpecError(f"index spec {spec.to_string()!r}: index_factory does not build fast-scan indexes; "
-                        "pack the codes with annvq.index.fastscan.FastScanLists")
     if spec.nlist is None:
         from .index.flat import FlatIndex
 
-        index = FlatIndex(codec, metric=metric, norm_bits=spec.norm_bits, rerank=spec.rerank)
+        index = FlatIndex(codec, metric=metric, norm_bits=spec.norm_bits, rerank=spec.rerank,
+                          fast_scan=spec.fast_scan)
     else:
         from .index.ivf import IVFIndex
 
-        index = IVFIndex(codec, nlist=spec.nlist, metric=metric, coarse=spec.coarse, rerank=spec.rerank)
+        index = IVFIndex(codec, nlist=spec.nlist, metric=metric, coarse=spec.coarse, rerank=spec.rerank,
+                         fast_scan=spec.fast_scan)
     index.spec = spec.to_string()
     return index

@@ -27,7 +27,9 @@ from ..errors import AnnvqError, DuplicateIdError, FormatError, InvalidInputErro
 from ..kernels import exact_distances, topk_init
 from ..kernels.adc import topk_finish_batch
 from ..quantizers import Quantizer
+from ..kernels.fastscan import alive_bits, block_offsets
 from .compaction import TieredMergePolicy
+from .fastscan import FastScanLists
 from .norms import NormCodec
 from .params import FlatSearchParams, SearchParams, parse_params
 from .segments import ROW_BITS, ROW_MASK, GrowingSegment, MemoryVectors, Rows, Segment
@@ -72,9 +74,13 @@ class BaseIndex(ABC):
 
     def __init__(self, codec: Quantizer, metric: str = "l2", *, rerank: bool = False, k_factor: int = 4,
                  norm_bits: int = 8, seal_rows: int = SEAL_ROWS, merge_policy: TieredMergePolicy | None = None,
-                 auto_compact: bool = True) -> None:
+                 auto_compact: bool = True, fast_scan: bool = False) -> None:
         if not isinstance(codec, Quantizer):
             raise InvalidInputError(f"codec must be a Quantizer, got {type(codec).__name__}")
+        if fast_scan and (codec.kind not in ("pq", "opq") or codec.nbits != 4):
+            raise InvalidInputError(f"fast_scan: the fast-scan layout takes 4-bit PQ or OPQ codes, got "
+                                    f"{type(codec).__name__} with nbits={codec.nbits}")
+        self.fast_scan = bool(fast_scan)
         self.codec = codec
         self.d = codec.d
         self.metric = check_metric(metric)
@@ -125,7 +131,10 @@ class BaseIndex(ABC):
 
     @property
     def code_size(self) -> int:
-        """Bytes stored per vector: one code element per sub-code (1 or 2 bytes) plus the norm when kept."""
+        """Bytes stored per vector: one code element per sub-code (1 or 2 bytes), or half a byte in the
+        fast-scan layout, plus the norm when kept."""
+        if self.fast_scan:
+            return (self.codec.M + 1) // 2
         itemsize = np.dtype(self.codec.code_dtype).itemsize
         return self.codec.M * itemsize + (self.norms.nbytes if self.norms is not None else 0)
 
@@ -311,7 +320,7 @@ class BaseIndex(ABC):
                     x = seg.vectors.read(r) if isinstance(seg, Segment) else growing.read_vectors(r)
                     yield seg.ids[r], x, True
                 else:
-                    yield seg.ids[r], self._decode_rows(seg.codes[r], seg.lists_of(r)), False
+                    yield seg.ids[r], self._decode_rows(seg.codes_at(r), seg.lists_of(r)), False
 
     def _keeps_vectors(self) -> bool:
         """Whether rows carry exact vectors: raw rows before training, and ``Refine`` indexes."""
@@ -374,8 +383,16 @@ class BaseIndex(ABC):
     def _segment_from_rows(self, rows: Rows, offsets: np.ndarray) -> Segment:
         seg_id = self._next_seg_id
         self._next_seg_id += 1
-        return Segment(seg_id, rows.ids, rows.codes, offsets, rows.bias, rows.norms,
-                       None if rows.vectors is None else MemoryVectors(rows.vectors))
+        return self._pack(Segment(seg_id, rows.ids, rows.codes, offsets, rows.bias, rows.norms,
+                                  None if rows.vectors is None else MemoryVectors(rows.vectors)))
+
+    def _pack(self, seg: Segment) -> Segment:
+        """A sealed segment of a fast-scan index holds its codes packed (and no scan bias: its lists'
+        terms are in the per-list tables, its deletions in the live bits)."""
+        if self.fast_scan and seg.packed is None and self.is_trained:
+            seg.packed = FastScanLists.from_codes(seg.codes, seg.offsets, seg.deleted)
+            seg.codes, seg.bias = None, np.empty(0, np.float32)
+        return seg
 
     def _append_segment(self, seg: Segment) -> None:
         self.segments.append(seg)
@@ -390,7 +407,7 @@ class BaseIndex(ABC):
         self._growing = self._new_growing()
         if not g.nlive:
             return None
-        seg = g.seal(self._next_seg_id, self._needs_bias())
+        seg = self._pack(g.seal(self._next_seg_id, self._needs_bias()))
         self._next_seg_id += 1
         self._append_segment(seg)
         return seg
@@ -424,10 +441,12 @@ class BaseIndex(ABC):
         if rerank and not self.rerank:
             raise InvalidInputError("rerank: this index keeps no exact vectors (build it with Refine)")
         kk = k * (p.k_factor or self.k_factor) if rerank else k
+        # fast-scan ranks by quantised distances: keep twice as many, re-scored exactly by the scan
+        depth = 2 * kk if self.fast_scan else kk
         view = self._view()
         with search_threads(xq.shape[0]):
-            rd, ri, cnt, thresh = topk_init(xq.shape[0], kk)
-            self._scan(xq, view, (rd, ri, cnt, thresh), kk, p)
+            rd, ri, cnt, thresh = topk_init(xq.shape[0], depth)
+            self._scan(xq, view, (rd, ri, cnt, thresh), depth, p)
             D, L = topk_finish_batch(rd, ri, cnt, kk)
             if rerank:
                 D, L = self._rerank(xq, view, L, k)
@@ -493,7 +512,7 @@ class BaseIndex(ABC):
             return self.fetch(ids)[0]
         for pos in np.unique(seg):
             s, r = view[pos], row[seg == pos]
-            out[seg == pos] = self._decode_rows(s.codes[r], s.lists_of(r))
+            out[seg == pos] = self._decode_rows(s.codes_at(r), s.lists_of(r))
         return out
 
     def fetch(self, ids: Any) -> tuple[np.ndarray, bool]:
@@ -539,14 +558,14 @@ class BaseIndex(ABC):
         order = np.argsort(lists, kind="stable")
         cat = lambda f: np.concatenate([f(s, r) for s, r in parts])[order]  # noqa: E731
         ids = cat(lambda s, r: s.ids[r])
-        codes = cat(lambda s, r: s.codes[r])
-        bias = cat(lambda s, r: s.bias[r]) if self._needs_bias() else np.empty(0, np.float32)
+        codes = cat(lambda s, r: s.codes_at(r))
+        bias = cat(lambda s, r: s.bias[r]) if self._needs_bias() and not self.fast_scan else np.empty(0, np.float32)
         norms = cat(lambda s, r: s.norms[r]) if self.norms is not None and self.is_trained else None
         vectors = MemoryVectors(cat(lambda s, r: s.vectors.read(r))) if self._keeps_vectors() else None
         offsets = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=group[0].nlist))]).astype(np.int64)
         seg_id = self._next_seg_id
         self._next_seg_id += 1
-        return Segment(seg_id, ids, codes, offsets, bias, norms, vectors), seen
+        return self._pack(Segment(seg_id, ids, codes, offsets, bias, norms, vectors)), seen
 
     def commit_merge(self, group: list[Segment], merged: Segment, seen: list[np.ndarray]) -> None:
         """Replace ``group`` by ``merged``, carrying over the rows deleted since the merge read them."""
@@ -587,7 +606,7 @@ class BaseIndex(ABC):
         params, codec_arrays = self.codec.get_state()
         attrs: dict[str, Any] = {"index_type": self.index_type, "metric": self.metric, "d": self.d,
                                  "spec": self.spec or "", "rerank": self.rerank, "k_factor": self.k_factor,
-                                 "codec": params, **self._extra_attrs()}
+                                 "fast_scan": self.fast_scan, "codec": params, **self._extra_attrs()}
         if self.norms is not None:
             attrs.update(norm_bits=self.norms.nbits, norm_min=self.norms.vmin, norm_max=self.norms.vmax)
         arrays = {f"codec_{k}": v for k, v in codec_arrays.items()}
@@ -597,8 +616,8 @@ class BaseIndex(ABC):
     def untrained_state(self) -> dict[str, Any]:
         """Parameters of an untrained index (codec parameters without learned arrays)."""
         return {"index_type": self.index_type, "metric": self.metric, "d": self.d, "spec": self.spec or "",
-                "rerank": self.rerank, "k_factor": self.k_factor, "codec": {"kind": self.codec.kind,
-                                                                             **self.codec.get_params()},
+                "rerank": self.rerank, "k_factor": self.k_factor, "fast_scan": self.fast_scan,
+                "codec": {"kind": self.codec.kind, **self.codec.get_params()},
                 "norm_bits": self.norms.nbits if self.norms is not None else None, **self._extra_attrs()}
 
     @staticmethod
@@ -637,7 +656,11 @@ class BaseIndex(ABC):
 
     def segment_columns(self, seg: Segment) -> dict[str, Any]:
         """What storage writes for a sealed segment: ids, codes, offsets, norms; vectors as a source."""
-        cols: dict[str, Any] = {"ids": seg.ids, "codes": seg.codes, "offsets": seg.offsets}
+        cols: dict[str, Any] = {"ids": seg.ids, "offsets": seg.offsets}
+        if seg.packed is not None:
+            cols["packed"] = seg.packed.packed
+        else:
+            cols["codes"] = seg.codes
         if seg.norms is not None:
             cols["norms"] = seg.norms
         if seg.vectors is not None:
@@ -655,15 +678,25 @@ class BaseIndex(ABC):
         if np.unique(ids).shape[0] != n:
             raise FormatError("ids: repeated within a segment")
         M = self.codec.M if trained else 0
-        codes = _column(cols, "codes", np.dtype(self.codec.code_dtype) if trained else np.uint8, 2)
-        if codes.shape != (n, M):
-            raise FormatError(f"codes: shape {codes.shape}, expected ({n}, {M})")
-        if trained and n and int(codes.max()) >= self.codec.ksub:
-            raise FormatError(f"codes: values >= {self.codec.ksub}")
         offsets = _column(cols, "offsets", np.int64, 1)
         nlist = self._nlist_now()
         if offsets.shape != (nlist + 1,) or offsets[0] != 0 or offsets[-1] != n or (np.diff(offsets) < 0).any():
             raise FormatError(f"offsets: not {nlist + 1} non-decreasing list offsets from 0 to {n}")
+        packed = None
+        if self.fast_scan and trained:
+            try:  # every 4-bit value is a valid code: the layout's shape is all there is to check
+                packed = FastScanLists(_column(cols, "packed", np.dtype(np.uint8), 2), offsets,
+                                       np.zeros(block_offsets(offsets)[-1], np.uint32), M)
+            except InvalidInputError as exc:
+                raise FormatError(f"packed: {exc}") from None
+            packed.alive[:] = alive_bits(packed.offsets, packed.boffsets, np.zeros(0, dtype=bool))
+            codes = None
+        else:
+            codes = _column(cols, "codes", np.dtype(self.codec.code_dtype) if trained else np.uint8, 2)
+            if codes.shape != (n, M):
+                raise FormatError(f"codes: shape {codes.shape}, expected ({n}, {M})")
+            if trained and n and int(codes.max()) >= self.codec.ksub:
+                raise FormatError(f"codes: values >= {self.codec.ksub}")
         norms = None
         if self.norms is not None and trained:
             norms = _column(cols, "norms", np.dtype(self.norms.dtype), 1)
@@ -683,8 +716,8 @@ class BaseIndex(ABC):
         if dead.size and (dead.dtype.kind not in "iu" or dead.min() < 0 or dead.max() >= n
                           or (np.diff(dead) <= 0).any()):
             raise FormatError("tombstones: not sorted, unique rows of the segment")
-        bias = self._bias_of(codes, offsets, norms) if trained else np.empty(0, np.float32)
-        return Segment(seg_id, ids, codes, offsets, bias, norms, vectors, dead.astype(np.int64))
+        bias = self._bias_of(codes, offsets, norms) if trained and packed is None else np.empty(0, np.float32)
+        return Segment(seg_id, ids, codes, offsets, bias, norms, vectors, dead.astype(np.int64), packed)
 
     def set_segments(self, segments: list[Segment], next_seg_id: int, next_id: int) -> None:
         """Install loaded segments (ids must be unique across them) and the counters storage kept."""

@@ -302,6 +302,22 @@ def search_unpacked(codes: np.ndarray, qtab: np.ndarray, reservoir: Reservoir, l
     scan_unpacked(qtab, ptab, probes, consts, codes, offsets, bias, int(label_base), rd, ri, cnt, thresh, k)
 
 
+def rescore_exact(view: list, state: tuple, k: int, qtab: np.ndarray, probes: np.ndarray | None = None,
+                  consts: np.ndarray | None = None, ptab: np.ndarray | None = None) -> None:
+    """Replace the quantised distances in the reservoirs ``state`` (``topk_init`` arrays holding up to
+    ``2k + 32`` candidates of the segments of ``view``, labels ``(position << 40) | row``) by the exact
+    float table sums, for candidates of packed segments; candidates of unpacked segments have exact
+    distances already. The reservoirs then rank by exact code distance."""
+    rd, ri, cnt, _ = state
+    D, L = finish_all(rd, ri, cnt, rd.shape[1], False)
+    for pos, seg in enumerate(view):
+        if getattr(seg, "packed", None) is not None:
+            seg.packed.rescore(qtab, L, D, probes, consts, ptab, pos << 40)
+    rd[:, :] = D  # finish_all put every query's candidates first, the -1 padding after them
+    ri[:, :] = L
+    cnt[:] = (L >= 0).sum(axis=1)
+
+
 __all__ = [
     "BLOCK",
     "FastScanLists",
@@ -311,5 +327,6 @@ __all__ = [
     "list_tables",
     "new_reservoir",
     "query_tables",
+    "rescore_exact",
     "search_unpacked",
 ]

@@ -8,6 +8,7 @@ import numpy as np
 from ..kernels.adc import flat_scan
 from ..quantizers import Quantizer
 from .base import BaseIndex
+from .fastscan import Reservoir, rescore_exact
 from .params import SearchParams
 from .segments import ROW_BITS, Rows
 
@@ -29,7 +30,8 @@ class FlatIndex(BaseIndex):
 
     def _construct_like(self) -> "FlatIndex":
         return FlatIndex(type(self.codec)(**self.codec.get_params()), self.metric,
-                         self.norms.nbits if self.norms is not None else 8, rerank=self.rerank, k_factor=self.k_factor)
+                         self.norms.nbits if self.norms is not None else 8, rerank=self.rerank, k_factor=self.k_factor,
+                         fast_scan=self.fast_scan)
 
     def _train_model(self, x: np.ndarray) -> None:
         self.codec.fit(x)
@@ -52,11 +54,16 @@ class FlatIndex(BaseIndex):
     def _scan(self, xq: np.ndarray, view: list, state: tuple, k: int, params: SearchParams) -> None:
         tables = self.codec.lookup_tables(xq, self._codec_metric)
         for pos, seg in enumerate(view):
+            if getattr(seg, "packed", None) is not None:
+                seg.packed.search(tables, Reservoir(*state, k), label_base=pos << ROW_BITS)
+                continue
             n = seg.n
             bias = seg.bias[:n] if seg.bias.size else seg.bias
             flat_scan(tables, seg.codes[:n], bias, pos << ROW_BITS, *state, k)
+        if self.fast_scan:
+            rescore_exact(view, state, k, tables)
 
     @classmethod
     def _from_attrs(cls, codec: Quantizer, attrs: dict[str, Any]) -> "FlatIndex":
         return cls(codec, attrs["metric"], int(attrs.get("norm_bits") or 8), rerank=bool(attrs["rerank"]),
-                   k_factor=int(attrs["k_factor"]))
+                   k_factor=int(attrs["k_factor"]), fast_scan=attrs.get("fast_scan", False) is True)

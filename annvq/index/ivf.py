@@ -26,6 +26,7 @@ from ..quantizers import Quantizer
 from .._validate import missing_ids
 from .base import BaseIndex, as_id_array, positive_int
 from .coarse import make_coarse
+from .fastscan import Reservoir, list_tables, rescore_exact
 from .params import IVFSearchParams, SearchParams
 from .segments import ROW_BITS, Rows
 
@@ -78,7 +79,7 @@ class IVFIndex(BaseIndex):
         c = self.coarse
         return IVFIndex(type(self.codec)(**self.codec.get_params()), c.nlist, self.metric, c.kind, self.rerank,
                         self.nprobe, self.k_factor, getattr(c, "branching", 32), getattr(c, "beam", 4), c.niter,
-                        c.random_state)
+                        c.random_state, fast_scan=self.fast_scan)
 
     # --- training and encoding -----------------------------------------------------------------
     def _residuals(self, x: np.ndarray, lists: np.ndarray) -> np.ndarray:
@@ -118,6 +119,7 @@ class IVFIndex(BaseIndex):
         nq, M, K = xq.shape[0], self.codec.M, self.codec.ksub
         block = max(1, _TABLE_BYTES // (M * K * 4))
         rd, ri, cnt, thresh = state
+        ptab = self._list_tables() if self.fast_scan else None
         for s in range(0, nq, block):
             q = xq[s : s + block]
             consts, probes = self.coarse.search(q, nprobe, cm)
@@ -131,10 +133,24 @@ class IVFIndex(BaseIndex):
                 weights = np.empty((0, M), dtype=np.float32)
                 tables = self.codec.lookup_tables(qq, "ip")
             b = slice(s, s + block)
+            block_state = (rd[b], ri[b], cnt[b], thresh[b])
             for pos, seg in enumerate(view):
+                if getattr(seg, "packed", None) is not None:
+                    seg.packed.search(tables, Reservoir(*block_state, k), probes, consts, ptab, pos << ROW_BITS)
+                    continue
                 head, start, length, nxt = seg.extents
                 ivf_scan(tables, weights, probes, consts, seg.codes, seg.bias, head, start, length, nxt,
-                         pos << ROW_BITS, rd[b], ri[b], cnt[b], thresh[b], k)
+                         pos << ROW_BITS, *block_state, k)
+            if self.fast_scan:
+                rescore_exact(view, block_state, k, tables, probes, consts, ptab)
+
+    def _list_tables(self) -> np.ndarray | None:
+        """Per-list tables of a fast-scan index (``||cb||^2 + 2 c.cb`` under L2; None under "ip"),
+        computed once per model."""
+        if getattr(self, "_ptab_model", None) != self._model_serial:
+            self._ptab = list_tables(self.codec, self.coarse.centroids, self._codec_metric)
+            self._ptab_model = self._model_serial
+        return self._ptab
 
     def list_sizes(self) -> np.ndarray:
         """Number of live vectors in every list (nlist,)."""
@@ -186,7 +202,8 @@ class IVFIndex(BaseIndex):
         return cls(codec, nlist=int(attrs["nlist"]), metric=attrs["metric"], coarse=attrs["coarse"],
                    rerank=bool(attrs["rerank"]), nprobe=int(attrs["nprobe"]), k_factor=int(attrs["k_factor"]),
                    branching=int(attrs.get("branching", 32)), beam=int(attrs.get("beam", 4)),
-                   coarse_niter=int(attrs["coarse_niter"]), random_state=attrs.get("coarse_random_state"))
+                   coarse_niter=int(attrs["coarse_niter"]), random_state=attrs.get("coarse_random_state"),
+                   fast_scan=attrs.get("fast_scan", False) is True)
 
     def __repr__(self) -> str:
         return (f"IVFIndex(codec={self.codec!r}, nlist={self.nlist}, coarse={self.coarse.kind!r}, "

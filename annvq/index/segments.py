@@ -11,6 +11,7 @@ sorted (computed on first lookup), the growing segment a hash map.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -89,11 +90,12 @@ class Segment:
     vectors when the index keeps them. ``seg_id`` names the segment in storage.
     """
 
-    def __init__(self, seg_id: int, ids: np.ndarray, codes: np.ndarray, offsets: np.ndarray, bias: np.ndarray,
+    def __init__(self, seg_id: int, ids: np.ndarray, codes: np.ndarray | None, offsets: np.ndarray, bias: np.ndarray,
                  norms: np.ndarray | None = None, vectors: VectorSource | None = None,
-                 deleted: np.ndarray | None = None) -> None:
+                 deleted: np.ndarray | None = None, packed: Any = None) -> None:
         self.seg_id = int(seg_id)
         self.ids, self.codes, self.offsets = ids, codes, offsets
+        self.packed = packed  # the codes in the fast-scan layout (annvq.index.fastscan.FastScanLists) instead
         self.bias, self.norms, self.vectors = bias, norms, vectors
         self.deleted: np.ndarray | None = None
         self.ndeleted = 0
@@ -125,6 +127,10 @@ class Segment:
         """List number of every row (n,)."""
         return np.repeat(np.arange(self.nlist, dtype=np.int64), np.diff(self.offsets))
 
+    def codes_at(self, rows: np.ndarray) -> np.ndarray:
+        """Codes (len(rows), M) of ``rows``, unpacked from the fast-scan layout when the segment uses it."""
+        return self.codes[rows] if self.packed is None else self.packed.codes(rows)
+
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id among the live rows, -1 where absent."""
         if self._sorted is None:
@@ -143,10 +149,13 @@ class Segment:
         """Mark live ``rows`` deleted: they stay stored but are never scanned or looked up again."""
         if self.deleted is None:
             self.deleted = np.zeros(self.n, dtype=bool)
-        if not self.bias.size:
-            self.bias = np.zeros(self.n, dtype=np.float32)
         self.deleted[rows] = True
-        self.bias[rows] = np.inf
+        if self.packed is not None:
+            self.packed.delete(rows)  # its live bits are what its scan reads
+        else:
+            if not self.bias.size:
+                self.bias = np.zeros(self.n, dtype=np.float32)
+            self.bias[rows] = np.inf
         self.ndeleted = int(self.deleted.sum())
         self.tomb_version += 1
 
@@ -164,10 +173,14 @@ class Segment:
         view.__dict__.update(self.__dict__)
         view.bias = self.bias.copy()
         view.deleted = None if self.deleted is None else self.deleted.copy()
+        if self.packed is not None:
+            view.packed = copy.copy(self.packed)
+            view.packed.alive = self.packed.alive.copy()
         return view
 
     def memory_usage(self) -> int:
-        total = self.ids.nbytes + self.codes.nbytes + self.offsets.nbytes + self.bias.nbytes
+        total = self.ids.nbytes + self.offsets.nbytes + self.bias.nbytes
+        total += self.codes.nbytes if self.packed is None else self.packed.nbytes
         total += 0 if self.norms is None else self.norms.nbytes
         total += 0 if self.deleted is None else self.deleted.nbytes
         total += 0 if self._sorted is None else self._sorted[0].nbytes + self._sorted[1].nbytes
@@ -274,6 +287,9 @@ class GrowingSegment:
 
     def read_vectors(self, slots: np.ndarray) -> np.ndarray:
         return self.vectors[self.vec_of_slot[slots]]
+
+    def codes_at(self, slots: np.ndarray) -> np.ndarray:
+        return self.codes[slots]
 
     def lists_of(self, slots: np.ndarray) -> np.ndarray:
         """List number of each slot (from its chunk's chain)."""
