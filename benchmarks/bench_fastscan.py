@@ -24,8 +24,9 @@ alongside; then IVF256 with RQ codes (norm as two more 4-bit codes) through the 
     python benchmarks/bench_fastscan.py --ivf --datasets builtin
     python benchmarks/bench_fastscan.py --codecs --codecs-ivf
 
-annvq's fast-scan indexes are assembled here from ``annvq.index.fastscan.FastScanLists`` and a coarse
-quantizer (:class:`FastScanIndex`); ``make_index`` is the one line to switch to ``annvq.index_factory``.
+annvq's indexes come from ``annvq.index_factory``; with ``--shared-coarse``, the fast-scan ones are
+assembled from ``annvq.index.fastscan.FastScanLists`` around faiss's coarse centroids instead
+(:class:`FastScanIndex`), to compare the codes alone.
 """
 from __future__ import annotations
 
@@ -75,12 +76,9 @@ COLS = ["dataset", "lib", "spec", "nprobe", "R@10", "qps", "bytes_per_vec"]
 
 
 class FastScanIndex:
-    """annvq ``[IVF<n>,][OPQ<M>,]PQ<M>x4fs[,Refine]`` from its parts: a codec, an optional k-means coarse
-    quantizer, the packed codes in a :class:`FastScanLists`, and for ``Refine`` the exact vectors.
-
-    It offers what the benchmark uses of an annvq index (``train``, ``add``, ``search`` with ``nprobe``,
-    ``rerank`` and ``k_factor``), so that ``make_index`` can return ``annvq.index_factory(d, spec)``
-    instead once that builds fast-scan indexes.
+    """annvq ``[IVF<n>,][OPQ<M>,]PQ<M>x4fs[,Refine]`` from its parts: a codec, a k-means coarse quantizer
+    given from outside (``--shared-coarse``), the packed codes in a :class:`FastScanLists`, and for
+    ``Refine`` the exact vectors. It offers what the benchmark uses of an annvq index.
     """
 
     def __init__(self, d: int, spec: str, random_state: int = 0, centroids: np.ndarray | None = None) -> None:
@@ -136,8 +134,16 @@ class FastScanIndex:
 
 
 def make_index(d: int, spec: str):
-    """An untrained annvq index for ``spec`` (fast-scan ones assembled by :class:`FastScanIndex`)."""
-    return FastScanIndex(d, spec) if "fs" in spec else annvq.index_factory(d, spec)
+    """An untrained annvq index for ``spec``."""
+    return annvq.index_factory(d, spec)
+
+
+def bytes_per_vector(index) -> float:
+    """Memory per vector of an annvq index's sealed segments: codes (packed for fast-scan), ids, scan bias."""
+    if isinstance(index, FastScanIndex):
+        return index.code_bytes_per_vector
+    index.seal()
+    return index.memory_usage()["sealed"] / max(index.ntotal, 1)
 
 
 def faiss_spec(spec: str) -> str:
@@ -187,7 +193,7 @@ def flat_run(args) -> dict:
     rows = []
     ours = make_index(x.shape[1], spec)
     _, t_build = timed(lambda: (ours.train(xt), ours.add(x)))
-    peers = [("annvq", spec, lambda q: ours.search(q, K)[1], ours.code_bytes_per_vector, t_build)]
+    peers = [("annvq", spec, lambda q: ours.search(q, K)[1], bytes_per_vector(ours), t_build)]
     if faiss is not None:
         fidx = faiss.IndexPQFastScan(x.shape[1], args.M, 4)
         _, t_f = timed(lambda: (fidx.train(xt), fidx.add(x)))
@@ -245,7 +251,7 @@ def annvq_curve(name, spec, x, xt, xq, gt, nprobes, args, k_factors=(None,), cen
     idx = FastScanIndex(x.shape[1], spec, centroids=centroids) if centroids is not None else make_index(x.shape[1], spec)
     idx.train(xt)
     idx.add(x)
-    nbytes = idx.code_bytes_per_vector if isinstance(idx, FastScanIndex) else idx.code_size + 4.0  # + per-row bias
+    nbytes = bytes_per_vector(idx)
     return _curves("annvq", spec, spec, name, xq, gt, nprobes, args, k_factors, lambda p: setattr(idx, "nprobe", p),
                    lambda kf: setattr(idx, "k_factor", kf), lambda q: idx.search(q, K)[1], nbytes,
                    lambda q, p: idx.coarse.search(q, p)[1], idx.coarse.assign(x[gt[:, 0]]))
@@ -472,7 +478,7 @@ def ivf_rq_rows(args) -> list[dict]:
         L = finish_reservoir(res)[1]
         return np.where(L >= 0, order[np.maximum(L, 0)], -1)
 
-    pq = FastScanIndex(x.shape[1], f"IVF{nlist},PQ{M}x4fs")
+    pq = make_index(x.shape[1], f"IVF{nlist},PQ{M}x4fs")
     pq.train(xt)
     pq.add(x)
     nprobes = [2, 4, 8, 16, 32]
