@@ -802,6 +802,10 @@ def _column(cols: dict[str, Any], name: str, dtype: np.dtype, ndim: int) -> np.n
 
 def _ids_of_labels(view: list, labels: np.ndarray) -> np.ndarray:
     """External ids of result labels ((segment position << ROW_BITS) | row); -1 stays -1."""
+    if len(view) == 1:  # one segment: labels are its rows
+        ids = view[0].ids
+        return np.where(labels >= 0, ids[np.maximum(labels, 0) & ROW_MASK], -1) if ids.size else \
+            np.full(labels.shape, -1, dtype=np.int64)
     out = np.full(labels.shape, -1, dtype=np.int64)
     segpos = np.where(labels >= 0, labels >> ROW_BITS, -1)
     for pos, seg in enumerate(view):

@@ -7,6 +7,7 @@ Fields left None fall back to the index's stored defaults.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -40,6 +41,8 @@ def parse_params(model: type[SearchParams], params: SearchParams | dict[str, Any
 
     None values are dropped (they mean "the index's default"). Errors name the parameter.
     """
+    if params is None and all(v is None for v in kwargs.values()):
+        return _defaults(model)  # the common call: nothing to validate
     values: dict[str, Any] = {}
     if isinstance(params, SearchParams):
         if not isinstance(params, model):
@@ -59,6 +62,11 @@ def parse_params(model: type[SearchParams], params: SearchParams | dict[str, Any
     except ValidationError as exc:
         msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise InvalidInputError(f"search parameters: {msgs}") from None
+
+
+@lru_cache(maxsize=None)
+def _defaults(model: type[SearchParams]) -> SearchParams:
+    return model()
 
 
 def _is_int(v: Any) -> bool:
