@@ -38,10 +38,20 @@ class Context:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.service: IndexService | None = None  # one per lifespan, so the app can be started again
+        self._service: IndexService | None = None  # one per lifespan, so the app can be started again
         self.ready = False
         self.read_pool: ThreadPoolExecutor | None = None
         self.write_pool: ThreadPoolExecutor | None = None
+
+    @property
+    def service(self) -> IndexService:
+        if self._service is None:
+            raise Unavailable("not_ready", "the service is starting or stopping")
+        return self._service
+
+    @service.setter
+    def service(self, value: IndexService | None) -> None:
+        self._service = value
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.read_pool, partial(fn, *args, **kwargs))

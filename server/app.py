@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError as FastAPIValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import annvq
 from annvq import IndexSpec
@@ -86,7 +86,7 @@ class BodyLimitMiddleware:
             return
         received = 0
 
-        async def limited_receive() -> dict:
+        async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
@@ -101,8 +101,8 @@ class BodyLimitMiddleware:
 def _allowed_methods(scope: Scope) -> list[str]:
     """Every method some route accepts at this path (Starlette's 405 names only the first route's)."""
     probe = {**scope, "method": "__none__", "path_params": {}}
-    return sorted({m for route in router.routes if getattr(route, "methods", None)
-                   and route.matches(probe)[0] != Match.NONE for m in route.methods})
+    return sorted({m for route in router.routes if route.matches(probe)[0] != Match.NONE
+                   for m in getattr(route, "methods", None) or ()})
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -119,7 +119,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     @app.exception_handler(FastAPIValidationError)
     async def _validation_error(request: Request, exc: Exception) -> FastJSONResponse:
-        errors = exc.errors if isinstance(exc, RequestValidationError) else exc.errors()
+        errors = exc.errors if isinstance(exc, RequestValidationError) else exc.errors()  # type: ignore[attr-defined]
         details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
         message = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in details) or "invalid request"
         return error_response(422, "validation_error", message, details)
@@ -141,7 +141,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def _openapi(app: FastAPI, config: ServerConfig) -> dict[str, Any]:
     """OpenAPI with the request models the routes parse themselves, and this server's limits stated."""
-    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schema = dict(get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes))
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     limits = {"AddRequest": config.max_batch, "TrainRequest": config.max_batch, "SearchRequest": config.max_queries}
     components["IndexSpec"] = IndexSpec.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -187,7 +187,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        threads = min(config.search_threads, numba.config.NUMBA_NUM_THREADS)
+        threads = min(config.search_threads, numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
         ctx.read_pool = ThreadPoolExecutor(config.search_workers, thread_name_prefix="annvq-search",
                                            initializer=numba.set_num_threads, initargs=(threads,))
         ctx.write_pool = ThreadPoolExecutor(_WRITE_WORKERS, thread_name_prefix="annvq-write")

@@ -20,7 +20,7 @@ from .errors import BadRequest, TooLarge
 try:
     import orjson
 except ImportError:  # the server extra installs it; stdlib json is the slower fallback
-    orjson = None
+    orjson = None  # type: ignore[assignment]
 
 M = TypeVar("M", bound=BaseModel)
 _ROWS_PER_BLOCK = 512
@@ -38,7 +38,7 @@ class RequestValidationError(Exception):
         self.errors = errors
 
 
-def loads(body: bytes | memoryview) -> Any:
+def loads(body: bytes | bytearray | memoryview) -> Any:
     """Strict JSON: NaN and Infinity tokens are errors (Python's json module alone would accept them)."""
     if orjson is not None:
         return orjson.loads(body)

@@ -159,7 +159,8 @@ def _replay(st: IndexState) -> int:
     logs = _logs(st.path)
     if not logs:
         raise FormatError(f"{st.path}: no write-ahead log")
-    replayed, reader = 0, None
+    replayed = 0
+    reader = LogReader(logs[0][1])
     for i, (first, wal_path) in enumerate(logs):
         reader = LogReader(wal_path)
         if reader.header_ok and first != reader.first_lsn:
@@ -207,9 +208,10 @@ def repair(path: Path) -> RepairReport:
     Operations that no longer apply (a delete of an id added by a lost record) are reported, not
     applied. A damaged checkpoint or meta.json cannot be salvaged from the log: FormatError says so.
     """
-    st = IndexState(path.name, path, read_meta(path), annvq.load(path / INDEX_DIR))
-    st.index.auto_compact = False
-    st.lsn = st.ckpt_lsn = _checkpoint_lsn(st.index)
+    index = annvq.load(path / INDEX_DIR)
+    index.auto_compact = False
+    st = IndexState(path.name, path, read_meta(path), index)
+    st.lsn = st.ckpt_lsn = _checkpoint_lsn(index)
     report = RepairReport(st.name)
     logs = _logs(path)
     records = []

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 import annvq
-from annvq import IndexSpec
+from annvq import BaseIndex, IndexSpec
 from annvq.index import Encoded
 from annvq.errors import FormatError, InvalidInputError
 from annvq.spec import as_spec
@@ -112,17 +112,18 @@ class IndexService:
             raise IndexNotFound(name)
         return st
 
-    def _check_writable(self, st: IndexState) -> None:
-        """Call with the write mutex held."""
+    def _check_writable(self, st: IndexState) -> BaseIndex:
+        """The index, if it may be written now. Call with the write mutex held."""
         if st.dropped:
             raise IndexNotFound(st.name)
         if self.closing:
             raise Unavailable("shutting_down", "the service is shutting down")
-        st.usable()
+        return st.usable()
 
     def dim(self, name: str) -> int:
         st = self.get(name)
         st.usable()
+        assert st.meta is not None  # a usable index has its meta
         return st.meta.dim
 
     def names(self) -> list[str]:
@@ -207,22 +208,22 @@ class IndexService:
         st = self.get(name)
         batch = st.usable().encode(x)
         with st.write_mutex:
-            self._check_writable(st)
-            x, new_ids = st.index.check_add(batch, ids)
+            index = self._check_writable(st)
+            x, new_ids = index.check_add(batch, ids)
             self._log_and_apply(st, Record(OP_ADD, st.lsn + 1, new_ids, x), batch)
-            return new_ids, not st.index.is_trained
+            return new_ids, not index.is_trained
 
     def delete(self, name: str, ids: Any) -> int:
         """Durably delete vectors by id; unknown or repeated ids are refused before anything changes."""
         st = self.get(name)
         with st.write_mutex:
-            self._check_writable(st)
-            ids = st.index.check_remove(ids)
+            ids = self._check_writable(st).check_remove(ids)
             self._log_and_apply(st, Record(OP_DELETE, st.lsn + 1, ids))
         return int(ids.shape[0])
 
     def _log_and_apply(self, st: IndexState, rec: Record, encoded: Encoded | None = None) -> None:
         """Append ``rec`` durably, then apply it. Call with the write mutex held, after all checks."""
+        assert st.wal is not None  # a usable index has its log open
         try:
             st.wal.append(rec)
         except OSError as exc:
@@ -260,8 +261,7 @@ class IndexService:
         """Queue a training job on ``x`` or, when None, on the exact vectors the index holds."""
         st = self.get(name)
         with st.write_mutex:
-            self._check_writable(st)
-            index = st.index
+            index = self._check_writable(st)
             if x is not None:
                 x = index.prepare(x, "vectors")
             if st.job is not None and not st.job.done:
@@ -305,7 +305,7 @@ class IndexService:
                 return
             job.status, job.started_at = "running", time.time()
             with st.rw.write():
-                frozen = st.index.frozen()
+                frozen = st.usable().frozen()
             st.delta = []
         new = frozen.retrained(x)
         job.n_train = int(x.shape[0]) if x is not None else frozen.ntotal
@@ -377,10 +377,9 @@ class IndexService:
         """
         st = self.get(name)
         with st.write_mutex:
-            self._check_writable(st)
+            index = self._check_writable(st)
             if st.compacting or (st.job is not None and not st.job.done):
                 raise Conflict("busy", f"index {name!r} is training or merging")
-            index = st.index
             if full:
                 with st.rw.write():
                     index.seal()

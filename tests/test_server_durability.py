@@ -330,4 +330,4 @@ def test_repair_from_the_command_line(tmp_path):
     with _app(tmp_path) as c:
         assert c.get("/indexes/a").json()["ntotal"] == 8
     r = CliRunner().invoke(app, ["repair", str(tmp_path / "nowhere")])
-    assert r.exit_code == 2 and "meta.json" in r.stderr
+    assert r.exit_code == 2 and "no index here" in r.stderr

@@ -143,7 +143,8 @@ class IndexDirectory:
             raise self._fail(MANIFEST, str(exc)) from None
         if keep is None and index.ntotal != body["ntotal"]:
             raise self._fail(MANIFEST, f"ntotal {body['ntotal']} but the segments hold {index.ntotal} live vectors")
-        self.metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        metadata = body.get("metadata")
+        self.metadata = metadata if isinstance(metadata, dict) else {}
         options = body.get("options") or {}
         try:
             index.seal_rows = positive_int(options.get("seal_rows", index.seal_rows), "seal_rows")

@@ -52,7 +52,8 @@ def dumps(obj: Any) -> bytes:
 
 def crc(data: bytes | np.ndarray) -> int:
     if isinstance(data, np.ndarray):
-        data = np.ascontiguousarray(data).view(np.uint8).reshape(-1) if data.size else b""
+        buf = np.ascontiguousarray(data)
+        return zlib.crc32(buf.data.cast("B") if buf.size else b"") & 0xFFFFFFFF
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
