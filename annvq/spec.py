@@ -177,7 +177,7 @@ def make_codec(spec: IndexSpec, d: int) -> "Quantizer":
     """The codec a spec describes, untrained, for dimension ``d``."""
     from .quantizers.base import _REGISTRY
 
-    cls = _REGISTRY.get(spec.codec)
+    cls: Any = _REGISTRY.get(spec.codec)
     if cls is None:
         raise SpecError(f"codec: {spec.codec!r} is not available in this build of annvq")
     size = spec.model_bytes(d)
@@ -196,7 +196,7 @@ def make_codec(spec: IndexSpec, d: int) -> "Quantizer":
         raise SpecError(f"index spec {spec.to_string()!r} for d={d}: {exc}") from None
 
 
-def _check_options(cls: type, options: dict[str, Any]) -> None:
+def _check_options(cls: Any, options: dict[str, Any]) -> None:
     """Codec options must be constructor parameters of the right type (strictly: no "5" for 5) and sane
     values: integers non-negative (beam sizes and caps at least 1), floats finite and non-negative."""
     sig = inspect.signature(cls.__init__)
@@ -221,6 +221,7 @@ def index_factory(d: int, spec: "IndexSpec | str | dict[str, Any]", metric: str 
         raise SpecError(f"d must be a positive integer, got {d!r}")
     spec = as_spec(spec)
     codec = make_codec(spec, d)
+    index: BaseIndex
     if spec.nlist is None:
         from .index.flat import FlatIndex
 

@@ -187,7 +187,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        threads = min(config.search_threads, numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+        threads = min(config.search_threads, numba.config.NUMBA_NUM_THREADS)
         ctx.read_pool = ThreadPoolExecutor(config.search_workers, thread_name_prefix="annvq-search",
                                            initializer=numba.set_num_threads, initargs=(threads,))
         ctx.write_pool = ThreadPoolExecutor(_WRITE_WORKERS, thread_name_prefix="annvq-write")

@@ -20,7 +20,7 @@ from .errors import BadRequest, TooLarge
 try:
     import orjson
 except ImportError:  # the server extra installs it; stdlib json is the slower fallback
-    orjson = None  # type: ignore[assignment]
+    orjson = None
 
 M = TypeVar("M", bound=BaseModel)
 _ROWS_PER_BLOCK = 512

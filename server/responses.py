@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 try:
     import orjson
 except ImportError:  # the server extra installs it; stdlib json is the slower fallback
-    orjson = None  # type: ignore[assignment]
+    orjson = None
 
 
 def _tolist(o: Any) -> Any:

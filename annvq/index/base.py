@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from .._threads import search_threads
 from .._validate import as_ids, as_vectors, check_k, check_metric, missing_ids
@@ -311,14 +312,13 @@ class BaseIndex(ABC):
     def iter_vectors(self, batch: int = _REENCODE_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
         """``(ids, vectors, exact)`` batches of every live vector: exact ones where the index keeps them
         (raw, or ``Refine``), else reconstructions from the codes."""
-        growing = self._growing
-        for seg in [*self.segments, growing]:
-            rows = seg.live_rows() if isinstance(seg, Segment) else growing.live_slots()
+        segments: list[Segment | GrowingSegment] = [*self.segments, self._growing]
+        for seg in segments:
+            rows = seg.live_rows() if isinstance(seg, Segment) else seg.live_slots()
             for s in range(0, rows.shape[0], batch):
                 r = rows[s : s + batch]
                 if self._keeps_vectors():
-                    x = seg.vectors.read(r) if isinstance(seg, Segment) else growing.read_vectors(r)
-                    yield seg.ids[r], x, True
+                    yield seg.ids[r], seg.read_vectors(r), True
                 else:
                     yield seg.ids[r], self._decode_rows(seg.codes_at(r), seg.lists_of(r)), False
 
@@ -389,7 +389,7 @@ class BaseIndex(ABC):
     def _pack(self, seg: Segment) -> Segment:
         """A sealed segment of a fast-scan index holds its codes packed (and no scan bias: its lists'
         terms are in the per-list tables, its deletions in the live bits)."""
-        if self.fast_scan and seg.packed is None and self.is_trained:
+        if self.fast_scan and seg.packed is None and seg.codes is not None and self.is_trained:
             seg.packed = FastScanLists.from_codes(seg.codes, seg.offsets, seg.deleted)
             seg.codes, seg.bias = None, np.empty(0, np.float32)
         return seg
@@ -466,7 +466,7 @@ class BaseIndex(ABC):
             if not mask.any():
                 continue
             rows, inv = np.unique(labels[mask] & ROW_MASK, return_inverse=True)
-            parts.append(seg.vectors.read(rows) if isinstance(seg, Segment) else seg.read_vectors(rows))
+            parts.append(seg.read_vectors(rows))
             where[mask] = base + inv
             base += rows.shape[0]
         vectors = np.concatenate(parts) if parts else np.empty((0, self.d), np.float32)
@@ -530,7 +530,7 @@ class BaseIndex(ABC):
             s, r = view[pos], row[seg == pos]
             order = np.argsort(r)
             got = np.empty((r.shape[0], self.d), dtype=np.float32)
-            got[order] = s.vectors.read(r[order]) if isinstance(s, Segment) else s.read_vectors(r[order])
+            got[order] = s.read_vectors(r[order])
             out[seg == pos] = got
         return out, True
 
@@ -561,7 +561,7 @@ class BaseIndex(ABC):
         codes = cat(lambda s, r: s.codes_at(r))
         bias = cat(lambda s, r: s.bias[r]) if self._needs_bias() and not self.fast_scan else np.empty(0, np.float32)
         norms = cat(lambda s, r: s.norms[r]) if self.norms is not None and self.is_trained else None
-        vectors = MemoryVectors(cat(lambda s, r: s.vectors.read(r))) if self._keeps_vectors() else None
+        vectors = MemoryVectors(cat(lambda s, r: s.read_vectors(r))) if self._keeps_vectors() else None
         offsets = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=group[0].nlist))]).astype(np.int64)
         seg_id = self._next_seg_id
         self._next_seg_id += 1
@@ -716,7 +716,7 @@ class BaseIndex(ABC):
         if dead.size and (dead.dtype.kind not in "iu" or dead.min() < 0 or dead.max() >= n
                           or (np.diff(dead) <= 0).any()):
             raise FormatError("tombstones: not sorted, unique rows of the segment")
-        bias = self._bias_of(codes, offsets, norms) if trained and packed is None else np.empty(0, np.float32)
+        bias = self._bias_of(codes, offsets, norms) if trained and codes is not None else np.empty(0, np.float32)
         return Segment(seg_id, ids, codes, offsets, bias, norms, vectors, dead.astype(np.int64), packed)
 
     def set_segments(self, segments: list[Segment], next_seg_id: int, next_id: int) -> None:
@@ -790,11 +790,11 @@ class BaseIndex(ABC):
         """Restore what :meth:`_extra_arrays` returned (coarse centroids...)."""
 
 
-def _column(cols: dict[str, Any], name: str, dtype: np.dtype, ndim: int) -> np.ndarray:
+def _column(cols: dict[str, Any], name: str, dtype: npt.DTypeLike, ndim: int) -> np.ndarray:
     if name not in cols:
         raise FormatError(f"{name}: missing")
     a = cols[name]
-    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != ndim:
+    if not isinstance(a, np.ndarray) or a.dtype != np.dtype(dtype) or a.ndim != ndim:
         got = f"{a.dtype} {a.ndim}-D" if isinstance(a, np.ndarray) else type(a).__name__
         raise FormatError(f"{name}: expected {np.dtype(dtype)} {ndim}-D, got {got}")
     return a

@@ -32,15 +32,25 @@ class CoarseQuantizer(ABC):
         self.nlist = int(nlist)
         self.niter = int(niter)
         self.random_state = random_state
-        self.centroids: np.ndarray | None = None  # (nlist, d): the list centroids residuals refer to
+        self._centroids: np.ndarray | None = None
+
+    @property
+    def centroids(self) -> np.ndarray:
+        """(nlist, d) float32: the list centroids residuals refer to."""
+        if self._centroids is None:
+            raise NotTrainedError("coarse quantizer is not trained")
+        return self._centroids
+
+    @centroids.setter
+    def centroids(self, value: np.ndarray) -> None:
+        self._centroids = value
 
     @property
     def is_trained(self) -> bool:
-        return self.centroids is not None
+        return self._centroids is not None
 
     def _require_trained(self) -> None:
-        if self.centroids is None:
-            raise NotTrainedError("coarse quantizer is not trained")
+        self.centroids  # noqa: B018 - raises NotTrainedError when untrained
 
     @abstractmethod
     def fit(self, x: np.ndarray) -> "CoarseQuantizer":
@@ -74,7 +84,9 @@ class FlatCoarse(CoarseQuantizer):
     kind = "flat"
 
     def fit(self, x: np.ndarray) -> "FlatCoarse":
-        self.centroids = KMeans(self.nlist, niter=self.niter, random_state=self.random_state).fit(x).centroids
+        centroids = KMeans(self.nlist, niter=self.niter, random_state=self.random_state).fit(x).centroids
+        assert centroids is not None
+        self.centroids = centroids
         self._cache()
         return self
 
@@ -135,7 +147,9 @@ class TreeCoarse(CoarseQuantizer):
                 raise InvalidInputError(f"{name} must be an integer >= {2 if name == 'branching' else 1}, got {v!r}")
         self.branching, self.beam = int(branching), int(beam)
         self.nodes: np.ndarray | None = None  # (nnodes, d) node centroids; node 0 is the root
-        self.first = self.nchild = self.leaf = None
+        self.first: np.ndarray | None = None
+        self.nchild: np.ndarray | None = None
+        self.leaf: np.ndarray | None = None
         self.depth = 0
 
     def fit(self, x: np.ndarray) -> "TreeCoarse":
@@ -143,7 +157,7 @@ class TreeCoarse(CoarseQuantizer):
             raise InvalidInputError(f"a tree of {self.nlist} leaves needs at least {self.nlist} training points, got {x.shape[0]}")
         rng = np.random.default_rng(self.random_state)
         nodes = [x.mean(axis=0, dtype=np.float64).astype(np.float32)]
-        first, nchild, leaf = [0], [0], [-1]
+        first, nchild, leaf = [0], [0], [-1]  # per node, grown as the tree is built
         depth = 0
         stack = [(0, x, self.nlist, 1)]  # (node, its points, leaf budget, level of its children)
         while stack:
@@ -151,13 +165,15 @@ class TreeCoarse(CoarseQuantizer):
             depth = max(depth, level)
             b = min(self.branching, budget)
             km = KMeans(b, niter=self.niter, random_state=int(rng.integers(2**31))).fit(xs)
-            labels = assign_l2(xs, km.centroids)[0]
+            centers = km.centroids
+            assert centers is not None
+            labels = assign_l2(xs, centers)[0]
             counts = np.bincount(labels, minlength=b)
             budgets = np.ones(b, dtype=np.int64) if budget <= self.branching else _split_budget(counts, budget)
             first[v], nchild[v] = len(nodes), b
             for i in range(b):
                 child = len(nodes)
-                nodes.append(km.centroids[i])
+                nodes.append(centers[i])
                 first.append(0)
                 nchild.append(0)
                 leaf.append(-1)
@@ -165,19 +181,20 @@ class TreeCoarse(CoarseQuantizer):
                     leaf[child] = 0  # numbered below, in node order
                 else:
                     stack.append((child, xs[labels == i], int(budgets[i]), level + 1))
-        leaf = np.asarray(leaf, dtype=np.int64)
-        is_leaf = leaf >= 0
-        leaf[is_leaf] = np.arange(int(is_leaf.sum()))
+        leaves = np.asarray(leaf, dtype=np.int64)
+        is_leaf = leaves >= 0
+        leaves[is_leaf] = np.arange(int(is_leaf.sum()))
         self.nodes = np.ascontiguousarray(np.stack(nodes), dtype=np.float32)
         self.first = np.asarray(first, dtype=np.int64)
         self.nchild = np.asarray(nchild, dtype=np.int64)
-        self.leaf = leaf
+        self.leaf = leaves
         self.depth = depth
         self.centroids = np.ascontiguousarray(self.nodes[is_leaf])
         return self
 
     def search(self, xq: np.ndarray, nprobe: int, metric: str = "l2") -> tuple[np.ndarray, np.ndarray]:
         self._require_trained()
+        assert self.nchild is not None  # trained
         nprobe = min(nprobe, self.nlist)
         beam = max(self.beam, nprobe)
         pool = int(self.nchild.max()) * (1 + beam * self.depth)
@@ -188,6 +205,7 @@ class TreeCoarse(CoarseQuantizer):
 
     def arrays(self) -> dict[str, np.ndarray]:
         self._require_trained()
+        assert self.nodes is not None and self.first is not None and self.nchild is not None and self.leaf is not None
         return {"tree_nodes": self.nodes, "tree_first": self.first, "tree_nchild": self.nchild, "tree_leaf": self.leaf}
 
     def set_arrays(self, arrays: dict[str, np.ndarray], d: int) -> None:

@@ -18,8 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Sized(Protocol):
-    n: int
-    nlive: int
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def nlive(self) -> int: ...
 
 
 class TieredMergePolicy(BaseModel):

@@ -48,7 +48,7 @@ class Reservoir(NamedTuple):
 
     dist: np.ndarray  # (nq, 2k + 32) float32 candidate distances
     label: np.ndarray  # (nq, 2k + 32) int64 candidate labels
-    count: np.ndarray  # (nq,) int64 slots in use
+    filled: np.ndarray  # (nq,) int64 slots in use
     threshold: np.ndarray  # (nq,) float32: candidates at or above it cannot enter
     k: int
 
@@ -57,13 +57,14 @@ def new_reservoir(nq: int, k: int) -> Reservoir:
     """Empty reservoirs for ``nq`` queries keeping the best ``k``."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise InvalidInputError(f"k must be a positive integer, got {k!r}")
-    return Reservoir(*topk_init(nq, int(k)), int(k))
+    dist, label, filled, threshold = topk_init(nq, int(k))
+    return Reservoir(dist, label, filled, threshold, int(k))
 
 
 def finish_reservoir(res: Reservoir, sort: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The best ``res.k`` of every reservoir: ``(D, L)`` (nq, k), ascending (``sort``) or in no particular
     order (enough for candidates about to be re-scored); +inf / -1 pad short results."""
-    return finish_all(res.dist, res.label, res.count, res.k, sort)
+    return finish_all(res.dist, res.label, res.filled, res.k, sort)
 
 
 def best_k(D: np.ndarray, L: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -46,7 +46,7 @@ class FlatIndex(BaseIndex):
                     np.empty(0, np.float32) if bias is None else bias, norms, x if self.rerank else None)
 
     def _bias_of(self, codes: np.ndarray, offsets: np.ndarray, norms: np.ndarray | None) -> np.ndarray:
-        return self.norms.decode(norms) if self.norms is not None else np.empty(0, np.float32)
+        return self.norms.decode(norms) if self.norms is not None and norms is not None else np.empty(0, np.float32)
 
     def _decode_rows(self, codes: np.ndarray, lists: np.ndarray) -> np.ndarray:
         return self.codec.decode(codes)
@@ -55,7 +55,7 @@ class FlatIndex(BaseIndex):
         tables = self.codec.lookup_tables(xq, self._codec_metric)
         for pos, seg in enumerate(view):
             if getattr(seg, "packed", None) is not None:
-                seg.packed.search(tables, Reservoir(*state, k), label_base=pos << ROW_BITS)
+                seg.packed.search(tables, Reservoir(state[0], state[1], state[2], state[3], k), label_base=pos << ROW_BITS)
                 continue
             n = seg.n
             bias = seg.bias[:n] if seg.bias.size else seg.bias

@@ -136,7 +136,8 @@ class IVFIndex(BaseIndex):
             block_state = (rd[b], ri[b], cnt[b], thresh[b])
             for pos, seg in enumerate(view):
                 if getattr(seg, "packed", None) is not None:
-                    seg.packed.search(tables, Reservoir(*block_state, k), probes, consts, ptab, pos << ROW_BITS)
+                    seg.packed.search(tables, Reservoir(rd[b], ri[b], cnt[b], thresh[b], k), probes, consts, ptab,
+                                      pos << ROW_BITS)
                     continue
                 head, start, length, nxt = seg.extents
                 ivf_scan(tables, weights, probes, consts, seg.codes, seg.bias, head, start, length, nxt,

@@ -129,7 +129,15 @@ class Segment:
 
     def codes_at(self, rows: np.ndarray) -> np.ndarray:
         """Codes (len(rows), M) of ``rows``, unpacked from the fast-scan layout when the segment uses it."""
-        return self.codes[rows] if self.packed is None else self.packed.codes(rows)
+        if self.packed is not None:
+            return self.packed.codes(rows)
+        assert self.codes is not None
+        return self.codes[rows]
+
+    def read_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Exact vectors of sorted, unique ``rows`` (the index keeps them)."""
+        assert self.vectors is not None
+        return self.vectors.read(rows)
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id among the live rows, -1 where absent."""
@@ -180,7 +188,7 @@ class Segment:
 
     def memory_usage(self) -> int:
         total = self.ids.nbytes + self.offsets.nbytes + self.bias.nbytes
-        total += self.codes.nbytes if self.packed is None else self.packed.nbytes
+        total += self.packed.nbytes if self.packed is not None else 0 if self.codes is None else self.codes.nbytes
         total += 0 if self.norms is None else self.norms.nbytes
         total += 0 if self.deleted is None else self.deleted.nbytes
         total += 0 if self._sorted is None else self._sorted[0].nbytes + self._sorted[1].nbytes
@@ -213,10 +221,10 @@ class GrowingSegment:
         self.fill = np.zeros(cap, dtype=np.int64)
         self.nxt = np.full(cap, -1, dtype=np.int64)
         self.start = np.arange(cap, dtype=np.int64) * chunk_rows
-        self.codes = np.zeros((cap * chunk_rows, M), dtype=code_dtype)
+        self.codes: np.ndarray = np.zeros((cap * chunk_rows, M), dtype=code_dtype)
         self.ids = np.full(cap * chunk_rows, -1, dtype=np.int64)
         self.bias = np.zeros(cap * chunk_rows, dtype=np.float32)
-        self.norms = None if norm_dtype is None else np.zeros(cap * chunk_rows, dtype=norm_dtype)
+        self.norms: np.ndarray | None = None if norm_dtype is None else np.zeros(cap * chunk_rows, dtype=norm_dtype)
         self.vec_of_slot = np.full(cap * chunk_rows, -1, dtype=np.int64) if keep_vectors else None
         self.vectors = np.zeros((64 if keep_vectors else 0, d), dtype=np.float32)
 
@@ -286,6 +294,7 @@ class GrowingSegment:
         self.ndeleted += len(slots)
 
     def read_vectors(self, slots: np.ndarray) -> np.ndarray:
+        assert self.vec_of_slot is not None  # the index keeps exact vectors
         return self.vectors[self.vec_of_slot[slots]]
 
     def codes_at(self, slots: np.ndarray) -> np.ndarray:
