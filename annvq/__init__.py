@@ -16,6 +16,7 @@ from .quantizers import (
     OPQ,
     AdditiveQuantizer,
     CompositeQuantizer,
+    LatticeQuantizer,
     ProductQuantizer,
     Quantizer,
     ResidualQuantizer,
@@ -29,6 +30,6 @@ __all__ = [
     "AnnvqError", "DimensionError", "DuplicateIdError", "FormatError", "InvalidInputError",
     "NotTrainedError", "SpecError", "UnknownIdError",
     "BaseIndex", "FlatIndex", "IVFIndex", "KMeans", "Quantizer", "ProductQuantizer", "OPQ", "ScalarQuantizer",
-    "ResidualQuantizer", "AdditiveQuantizer", "CompositeQuantizer",
+    "ResidualQuantizer", "AdditiveQuantizer", "CompositeQuantizer", "LatticeQuantizer",
     "load", "save", "append", "IndexSpec", "index_factory",
 ]
