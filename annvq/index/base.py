@@ -47,6 +47,7 @@ class BaseIndex(ABC):
         self._order: np.ndarray | None = None  # argsort of ids, rebuilt lazily after changes
         self.spec: str | None = None  # set by index_factory so files and services can show it
         self.source_path = None  # the HDF5 file this index was loaded from, if any
+        self.labels: np.ndarray | None = None  # optional int64 class label of every id 0..len-1, saved with the index
 
     # --- facts ---------------------------------------------------------------------------------
     @property
@@ -211,6 +212,8 @@ class BaseIndex(ABC):
         arrays: dict[str, np.ndarray] = {}
         if self.norms is not None:
             attrs.update(norm_bits=self.norms.nbits, norm_min=self.norms.vmin, norm_max=self.norms.vmax)
+        if self.labels is not None:
+            arrays["labels"] = np.asarray(self.labels, dtype=np.int64)
         return attrs, arrays
 
     @abstractmethod
@@ -229,6 +232,11 @@ class BaseIndex(ABC):
                 raise FormatError("file lacks the norm parameters this codec needs")
             idx.norms = NormCodec(int(attrs["norm_bits"]), float(attrs["norm_min"]), float(attrs["norm_max"]))
         idx.spec = attrs.get("spec") or None
+        if "labels" in arrays:
+            labels = np.asarray(arrays["labels"])
+            if labels.ndim != 1 or labels.dtype.kind not in "iu":
+                raise FormatError(f"labels: expected a 1-D integer array, got {labels.dtype} of shape {labels.shape}")
+            idx.labels = labels.astype(np.int64)
         idx._load_columns(columns)
         return idx
 
