@@ -33,3 +33,12 @@ __all__ = [
     "ResidualQuantizer", "AdditiveQuantizer", "CompositeQuantizer", "LatticeQuantizer",
     "load", "save", "append", "IndexSpec", "index_factory",
 ]
+
+
+def __getattr__(name: str):
+    """``annvq.LVQClassifier`` is imported on first use: it needs scikit-learn (``annvq[lvq]``)."""
+    if name == "LVQClassifier":
+        from .lvq import LVQClassifier
+
+        return LVQClassifier
+    raise AttributeError(f"module 'annvq' has no attribute {name!r}")
