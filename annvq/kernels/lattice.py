@@ -379,109 +379,86 @@ def unrank_all(start, count, n, cnt, cls_par, cls_mod, offset, cls_off):
 
 
 # --- batch encoders -------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _sub_vector(x, i, m, mean, inv, xs):
+    """``xs = (x[i, sub-space m] - mean) * inv``; returns its squared norm."""
+    dsub = xs.shape[0]
+    s = 0.0
+    for j in range(dsub):
+        xs[j] = (x[i, m * dsub + j] - mean[m * dsub + j]) * inv
+        s += xs[j] * xs[j]
+    return s
+
+
 @njit(cache=True, parallel=True)
 def encode_ball(x, mean, scale, kind, nmax, lead_val, lead_par, shell_lead, cnt, cls_par, cls_mod,
                 offset, cls_off, codes):
-    """Ball codes: sub-vector m of row i is ``(x - mean) / scale[m]`` rounded to the nearest lattice
-    point of norm <= ``nmax``, then ranked. Writes ``codes`` (n, M)."""
-    n, M = codes.shape
-    dsub = x.shape[1] // M
-    for b in prange((n + _ROWS - 1) // _ROWS):
-        xs = np.empty(dsub)
-        y = np.empty(dsub, dtype=np.int64)
-        t = np.empty(dsub)
-        ya = np.empty(dsub, dtype=np.int64)
-        yb = np.empty(dsub, dtype=np.int64)
-        a = np.empty(dsub)
-        perm = np.empty(dsub, dtype=np.int64)
-        for i in range(b * _ROWS, min(n, (b + 1) * _ROWS)):
-            for m in range(M):
-                inv = 1.0 / scale[m]
-                for j in range(dsub):
-                    xs[j] = (x[i, m * dsub + j] - mean[m * dsub + j]) * inv
-                N = nearest_in_ball(kind, xs, nmax, lead_val, lead_par, shell_lead, y, t, ya, yb, a, perm)
-                codes[i, m] = rank_point(y, N, cnt, cls_par, cls_mod, offset, cls_off)
-
-
-@njit(cache=True, parallel=True)
-def ball_sse(x, mean, scale, kind, nmax, lead_val, lead_par, shell_lead):
-    """Squared error per sub-space (M,) of the ball quantizer with per-sub-space ``scale`` (M,)."""
+    """Ball quantization: sub-vector m of row i is ``(x - mean) / scale[m]`` rounded to the nearest
+    lattice point of norm <= ``nmax``. Writes its rank to ``codes`` (n, M) unless ``codes`` has no
+    rows (as when fitting the scales); returns the squared error per sub-space (M,)."""
     n, d = x.shape
     M = scale.shape[0]
     dsub = d // M
+    ranked = codes.shape[0] > 0
     nb = (n + _ROWS - 1) // _ROWS
     part = np.zeros((nb, M))
     for b in prange(nb):
         xs = np.empty(dsub)
-        y = np.empty(dsub, dtype=np.int64)
         t = np.empty(dsub)
+        a = np.empty(dsub)
+        y = np.empty(dsub, dtype=np.int64)
         ya = np.empty(dsub, dtype=np.int64)
         yb = np.empty(dsub, dtype=np.int64)
-        a = np.empty(dsub)
         perm = np.empty(dsub, dtype=np.int64)
         for i in range(b * _ROWS, min(n, (b + 1) * _ROWS)):
             for m in range(M):
-                inv = 1.0 / scale[m]
-                for j in range(dsub):
-                    xs[j] = (x[i, m * dsub + j] - mean[m * dsub + j]) * inv
-                nearest_in_ball(kind, xs, nmax, lead_val, lead_par, shell_lead, y, t, ya, yb, a, perm)
+                _sub_vector(x, i, m, mean, 1.0 / scale[m], xs)
+                N = nearest_in_ball(kind, xs, nmax, lead_val, lead_par, shell_lead, y, t, ya, yb, a, perm)
                 e = 0.0
                 for j in range(dsub):
                     e += (xs[j] - y[j]) ** 2
                 part[b, m] += e * scale[m] * scale[m]
+                if ranked:
+                    codes[i, m] = rank_point(y, N, cnt, cls_par, cls_mod, offset, cls_off)
     return part.sum(axis=0)
 
 
 @njit(cache=True, parallel=True)
-def shell_projections(x, mean, M, l0, l1, lead_val, lead_par, inv_radius):
-    """For every sub-vector, ``(p, e)``: its inner product with the nearest unit shell direction and
-    its squared norm, both (n, M), after subtracting ``mean``."""
+def encode_sphere(x, mean, gains, N, lead_val, lead_par, shell_lead, cnt, cls_par, cls_mod, offset, cls_off,
+                  codes, proj, norms):
+    """Gain-shape quantization of every sub-vector ``x - mean``: its direction is the nearest point of
+    shell ``N``, its gain the nearest of ``gains[m]`` (ascending) to its projection on that point.
+
+    Writes, where the array has rows: ``codes`` (n, M) = gain index * shell size + rank within the
+    shell; ``proj`` (n, M), the projections, and ``norms`` (n, M), the squared norms (to fit gains).
+    """
     n, d = x.shape
+    M = gains.shape[0]
     dsub = d // M
-    p = np.empty((n, M))
-    e = np.empty((n, M))
-    for b in prange((n + _ROWS - 1) // _ROWS):
-        xs = np.empty(dsub)
-        y = np.empty(dsub, dtype=np.int64)
-        a = np.empty(dsub)
-        perm = np.empty(dsub, dtype=np.int64)
-        for i in range(b * _ROWS, min(n, (b + 1) * _ROWS)):
-            for m in range(M):
-                s = 0.0
-                for j in range(dsub):
-                    xs[j] = x[i, m * dsub + j] - mean[m * dsub + j]
-                    s += xs[j] * xs[j]
-                p[i, m] = nearest_on_shell(xs, l0, l1, lead_val, lead_par, y, a, perm) * inv_radius
-                e[i, m] = s
-    return p, e
-
-
-@njit(cache=True, parallel=True)
-def encode_sphere(x, mean, gains, N, lead_val, lead_par, shell_lead, cnt, cls_par, cls_mod, offset, cls_off, codes):
-    """Gain-shape codes: direction = the nearest point of shell ``N``, gain = the nearest of ``gains[m]``
-    (ascending) to the projection on it; code = gain index * shell size + rank within the shell."""
-    n, M = codes.shape
-    dsub = x.shape[1] // M
     G = gains.shape[1]
+    coded, fitting = codes.shape[0] > 0, proj.shape[0] > 0
     l0, l1 = shell_lead[N], shell_lead[N + 1]
     size = offset[N + 1] - offset[N]
     inv_radius = 1.0 / np.sqrt(N)
     for b in prange((n + _ROWS - 1) // _ROWS):
         xs = np.empty(dsub)
-        y = np.empty(dsub, dtype=np.int64)
         a = np.empty(dsub)
+        y = np.empty(dsub, dtype=np.int64)
         perm = np.empty(dsub, dtype=np.int64)
         for i in range(b * _ROWS, min(n, (b + 1) * _ROWS)):
             for m in range(M):
-                for j in range(dsub):
-                    xs[j] = x[i, m * dsub + j] - mean[m * dsub + j]
-                proj = nearest_on_shell(xs, l0, l1, lead_val, lead_par, y, a, perm) * inv_radius
-                g = 0
-                hi = G - 1
-                while g < hi:  # binary search: the first level whose upper midpoint is >= proj
-                    mid = (g + hi) // 2
-                    if proj > 0.5 * (gains[m, mid] + gains[m, mid + 1]):
-                        g = mid + 1
-                    else:
-                        hi = mid
-                codes[i, m] = g * size + rank_point(y, N, cnt, cls_par, cls_mod, offset, cls_off) - offset[N]
+                sq = _sub_vector(x, i, m, mean, 1.0, xs)
+                pr = nearest_on_shell(xs, l0, l1, lead_val, lead_par, y, a, perm) * inv_radius
+                if fitting:
+                    proj[i, m] = pr
+                    norms[i, m] = sq
+                if coded:
+                    g = 0
+                    hi = G - 1
+                    while g < hi:  # binary search: the first level whose upper midpoint is >= pr
+                        mid = (g + hi) // 2
+                        if pr > 0.5 * (gains[m, mid] + gains[m, mid + 1]):
+                            g = mid + 1
+                        else:
+                            hi = mid
+                    codes[i, m] = g * size + rank_point(y, N, cnt, cls_par, cls_mod, offset, cls_off) - offset[N]
