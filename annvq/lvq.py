@@ -257,6 +257,9 @@ def classify(index: BaseIndex, X, k: int = 1, **search_params: Any) -> np.ndarra
     _, ids = index.search(X, check_k(k), **search_params)
     if (ids >= len(labels)).any():
         raise InvalidInputError(f"classify: the index holds ids beyond its {len(labels)} labels")
+    if (ids[:, 0] < 0).any():
+        raise InvalidInputError(f"classify: no stored vector found for {int((ids[:, 0] < 0).sum())} queries "
+                                "in the lists probed (raise nprobe)")
     if k == 1:
         return labels[ids[:, 0]]
     out = np.empty(len(ids), dtype=np.int64)

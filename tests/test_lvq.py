@@ -162,6 +162,13 @@ def test_classify_votes_and_bad_stored_labels(tmp_path):
     assert classify(index, q)[0] == 7  # nearest: id 0
     assert classify(index, q, k=3)[0] == 3  # ids 0, 1, 2 vote 7, 3, 3
     assert classify(index, q, k=2)[0] == 7  # a tie goes to the nearer
+    ivf = annvq.index_factory(1, "IVF2,SQ8")
+    ivf.train(x)
+    ivf.add(x)
+    ivf.labels = index.labels
+    ivf.remove([3])  # list of id 3 (the centroid at 10) is now empty
+    with pytest.raises(InvalidInputError, match="raise nprobe"):
+        classify(ivf, np.array([[10.0]]), nprobe=1)
     index.save(tmp_path / "i.h5")
     import h5py
 
