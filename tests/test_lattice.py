@@ -166,6 +166,10 @@ def test_bad_state_and_codes(trained):
     params, arrays = codecs[3].get_state()
     with pytest.raises(FormatError, match="shell"):
         Quantizer.from_state(params, {**arrays, "shell": np.array([3])})
+    params, arrays = codecs[4].get_state()
+    assert arrays["gains"].shape[1] > 1
+    with pytest.raises(FormatError, match="ascending"):
+        Quantizer.from_state(params, {**arrays, "gains": arrays["gains"][:, ::-1]})
     q = codecs[0]  # E8 ball at 8 bits: 241 of 256 codes in use
     with pytest.raises(InvalidInputError, match=r"\[0, 241\)"):
         q.decode(np.full((1, q.M), 250))
@@ -174,8 +178,12 @@ def test_bad_state_and_codes(trained):
 def test_constructor_errors():
     with pytest.raises(InvalidInputError, match="E8 needs 8"):
         LatticeQuantizer(32, M=8, lattice="e8")
-    with pytest.raises(InvalidInputError, match="too few"):
+    with pytest.raises(InvalidInputError, match="first shell alone has 240 points"):
         LatticeQuantizer(32, M=4, nbits=7, lattice="e8")
+    with pytest.raises(InvalidInputError, match="first shell alone has 32 points"):
+        LatticeQuantizer(32, M=2, nbits=5, lattice="z")
+    with pytest.raises(InvalidInputError, match="max_train_points"):
+        LatticeQuantizer(32, M=4, max_train_points=0)
     with pytest.raises(InvalidInputError, match="at least 2 dims"):
         LatticeQuantizer(8, M=8)
     with pytest.raises(InvalidInputError, match="lattice must be"):

@@ -95,6 +95,8 @@ class LatticeQuantizer(Quantizer):
             raise InvalidInputError(f"lattice E8 needs 8 dims per sub-space, got d/M = {self.dsub}")
         if shape not in ("ball", "sphere"):
             raise InvalidInputError(f"shape must be 'ball' or 'sphere', got {shape!r}")
+        if isinstance(max_train_points, bool) or not isinstance(max_train_points, (int, np.integer)) or max_train_points < 1:
+            raise InvalidInputError(f"max_train_points must be a positive integer, got {max_train_points!r}")
         self.lattice, self.shape = lattice, shape
         self.max_train_points = int(max_train_points)
         self.random_state = random_state
@@ -103,7 +105,8 @@ class LatticeQuantizer(Quantizer):
         if shape == "ball":
             self._geo = geometry(kind, self.dsub, nmax)
             if self._geo.offset[-1] < 2:
-                first = int(geometry(kind, self.dsub, 8).shell_sizes[1:].max())
+                sizes = geometry(kind, self.dsub, 8).shell_sizes
+                first = int(sizes[1:][sizes[1:] > 0][0])
                 raise InvalidInputError(f"nbits={nbits} is too few for a {lattice.upper()} ball in {self.dsub} dims: "
                                         f"the first shell alone has {first} points")
         else:
@@ -164,6 +167,8 @@ class LatticeQuantizer(Quantizer):
                 raise ValueError(f"shell norm {shell} is not a valid shell for this codec")
             if gains.ndim != 2 or gains.shape[0] != self.M or gains.shape[1] * self._geo.shell_sizes[shell] > self.ksub:
                 raise ValueError(f"array 'gains' has shape {gains.shape}, which does not fit shell {shell}")
+            if not (np.isfinite(gains).all() and (np.diff(gains, axis=1) >= 0).all()):
+                raise ValueError("array 'gains' must be finite and ascending in every sub-space")
             self.shell, self.gains = shell, gains
         self._build_codebooks()
 
