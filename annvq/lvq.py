@@ -198,16 +198,22 @@ class LVQClassifier(ClassifierMixin, BaseEstimator):
         return km.centroids.astype(np.float64)
 
     # --- prediction --------------------------------------------------------------------------------
-    def _distances(self, X) -> np.ndarray:
-        """Squared distances (n, n_prototypes) of validated samples to every prototype."""
+    def _distances(self, X, exact: bool = True) -> np.ndarray:
+        """Squared distances (n, n_prototypes) of the samples to every prototype; with ``exact=False``
+        without the samples' own squared norms, which do not change the nearest prototype."""
         self._require_fitted()
         X = self._validate(X)
-        d = np.einsum("ij,ij->i", X, X)[:, None] - 2.0 * (X @ self.prototypes_.T) + self._w_norms[None, :]
-        return np.maximum(d, 0.0)
+        d = X @ self.prototypes_.T
+        d *= -2.0
+        d += self._w_norms
+        if exact:
+            d += np.einsum("ij,ij->i", X, X)[:, None]
+            np.maximum(d, 0.0, out=d)
+        return d
 
     def predict(self, X) -> np.ndarray:
         """Class label of every sample: the label of its nearest prototype."""
-        nearest = np.argmin(self._distances(X), axis=1)
+        nearest = np.argmin(self._distances(X, exact=False), axis=1)
         return self.prototype_labels_[nearest]
 
     @available_if(lambda self: self.algorithm == "glvq")

@@ -75,7 +75,7 @@ def _count_table(n, nmax, cls_par, cls_mod):
         cnt[c, n, 0, 0] = 1
         for i in range(n - 1, -1, -1):
             for s in range(nmax + 1):
-                vm = isqrt_nb(s)
+                vm = _isqrt(s)
                 for v in range(-vm, vm + 1):
                     if par >= 0 and (v - par) % 2 != 0:
                         continue
@@ -86,7 +86,7 @@ def _count_table(n, nmax, cls_par, cls_mod):
 
 
 @njit(cache=True)
-def isqrt_nb(s):
+def _isqrt(s):
     """floor(sqrt(s)) for a non-negative integer, exact."""
     v = int(np.sqrt(s))
     while v * v > s:
@@ -315,7 +315,7 @@ def nearest_on_shell(x, l0, l1, lead_val, lead_par, y, a, perm):
 @njit(cache=True, inline="always")
 def _first_value(rem, par):
     """The smallest entry allowed for a coordinate: >= -sqrt(rem), of the class's parity."""
-    v = -isqrt_nb(rem)
+    v = -_isqrt(rem)
     if par >= 0 and (v - par) % 2 != 0:
         v += 1
     return v
