@@ -194,8 +194,7 @@ class LVQClassifier(ClassifierMixin, BaseEstimator):
             return Xc.mean(axis=0, keepdims=True)
         if self.init == "random":
             return Xc[np.random.default_rng(seed).choice(len(Xc), k, replace=False)]
-        km = KMeans(k, niter=20, random_state=seed).fit(Xc.astype(np.float32))
-        return km.centroids.astype(np.float64)
+        return np.asarray(KMeans(k, niter=20, random_state=seed).fit(Xc.astype(np.float32)).centroids, dtype=np.float64)
 
     # --- prediction --------------------------------------------------------------------------------
     def _distances(self, X, exact: bool = True) -> np.ndarray:

@@ -258,7 +258,7 @@ class LatticeQuantizer(Quantizer):
         self._require_trained()
         x = self._check_x(x)
         g = self._geo
-        codes = np.empty((x.shape[0], self.M), dtype=self.code_dtype)
+        codes: np.ndarray = np.empty((x.shape[0], self.M), dtype=self.code_dtype)
         mean = self.mean.astype(np.float64)
         if self.shape == "ball":
             encode_ball(x, mean, self.scale.astype(np.float64), g.kind, g.nmax, g.lead_val, g.lead_par, g.shell_lead,
