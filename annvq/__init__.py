@@ -16,6 +16,7 @@ from .quantizers import (
     OPQ,
     AdditiveQuantizer,
     CompositeQuantizer,
+    LatticeQuantizer,
     ProductQuantizer,
     Quantizer,
     ResidualQuantizer,
@@ -29,6 +30,15 @@ __all__ = [
     "AnnvqError", "DimensionError", "DuplicateIdError", "FormatError", "InvalidInputError",
     "NotTrainedError", "SpecError", "UnknownIdError",
     "BaseIndex", "FlatIndex", "IVFIndex", "KMeans", "Quantizer", "ProductQuantizer", "OPQ", "ScalarQuantizer",
-    "ResidualQuantizer", "AdditiveQuantizer", "CompositeQuantizer",
+    "ResidualQuantizer", "AdditiveQuantizer", "CompositeQuantizer", "LatticeQuantizer",
     "load", "save", "append", "compact", "migrate", "IndexSpec", "index_factory",
 ]
+
+
+def __getattr__(name: str):
+    """``annvq.LVQClassifier`` is imported on first use: it needs scikit-learn (``annvq[lvq]``)."""
+    if name == "LVQClassifier":
+        from .lvq import LVQClassifier
+
+        return LVQClassifier
+    raise AttributeError(f"module 'annvq' has no attribute {name!r}")

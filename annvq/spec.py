@@ -4,12 +4,15 @@ Grammar (comma-separated parts, case-sensitive like faiss)::
 
     [IVF<nlist>[_HKM],] [OPQ<M>,] <codec> [,Refine]
 
-    codec := PQ<M>[x<nbits>] | PQ<M>x4fs | SQ<nbits> | RQ<M>x<nbits>[_N<8|32>] | AQ<M>x<nbits>[_N<8|32>] | CQ<M>x<nbits>
+    codec := PQ<M>[x<nbits>] | PQ<M>x4fs | SQ<nbits> | RQ<M>x<nbits>[_N<8|32>] | AQ<M>x<nbits>[_N<8|32>]
+           | CQ<M>x<nbits> | LAT<M>[x<nbits>][_Z|_D|_E8][_SPH]
 
-Examples: ``PQ8x8``, ``OPQ16,PQ16x8``, ``IVF1024,PQ16x8``, ``IVF256_HKM,RQ7x8,Refine``, ``CQ8x8``, ``IVF256,PQ32x4fs``.
-The ``fs`` suffix (4-bit PQ or OPQ only) selects the fast-scan layout: the same codes packed two per
-byte in blocks of 32 vectors, scanned with SIMD byte shuffles over uint8-quantised tables
-(:mod:`annvq.index.fastscan`).
+Examples: ``PQ8x8``, ``OPQ16,PQ16x8``, ``IVF1024,PQ16x8``, ``IVF256_HKM,RQ7x8,Refine``, ``CQ8x8``, ``IVF256,PQ32x4fs``,
+``LAT16x12_E8``. The ``fs`` suffix (4-bit PQ or OPQ only) selects the fast-scan layout: the same codes
+packed two per byte in blocks of 32 vectors, scanned with SIMD byte shuffles over uint8-quantised
+tables (:mod:`annvq.index.fastscan`). ``LAT`` is the lattice quantizer: ``_Z``/``_D``/``_E8`` choose the
+lattice (default: E8 for 8 dims per sub-space, else D_n), ``_SPH`` the gain-shape (sphere) variant;
+both are kept in ``options``.
 ``_N<bits>`` (the stored norm of a flat RQ/AQ index) is not taken by IVF indexes, which keep exact norms.
 ``_HKM`` selects the tree-structured (hierarchical k-means) coarse quantizer; ``Refine`` keeps the
 exact vectors on disk and re-ranks the top ``k_factor * k`` candidates with them.
@@ -30,11 +33,12 @@ if TYPE_CHECKING:
     from .index.base import BaseIndex
     from .quantizers import Quantizer
 
-CodecKind = Literal["sq", "pq", "opq", "rq", "aq", "cq"]
+CodecKind = Literal["sq", "pq", "opq", "rq", "aq", "cq", "lat"]
 ADDITIVE = ("rq", "aq", "cq")
 
 _CODEC_RE = re.compile(r"^(PQ|RQ|AQ|CQ)([0-9]+)(?:x([0-9]+)(fs)?)?(?:_N([0-9]+))?$")
 _SQ_RE = re.compile(r"^SQ([0-9]+)$")
+_LAT_RE = re.compile(r"^LAT([0-9]+)(?:x([0-9]+))?(?:_(Z|D|E8))?(_SPH)?$")
 _IVF_RE = re.compile(r"^IVF([0-9]+)(_HKM)?$")
 _OPQ_RE = re.compile(r"^OPQ([0-9]+)$")
 MAX_MODEL_BYTES = 2 << 30  # refuse specs whose codebooks and centroids would not fit in memory anyway
@@ -61,7 +65,7 @@ class IndexSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    codec: CodecKind = Field(description="codec: sq, pq, opq, rq, aq or cq")
+    codec: CodecKind = Field(description="codec: sq, pq, opq, rq, aq, cq or lat")
     M: WholeNumber = Field(8, ge=1, le=1024, description="number of sub-codes per vector (d for sq)")
     nbits: WholeNumber = Field(8, ge=1, le=16, description="bits per sub-code")
     norm_bits: Literal[8, 32] = Field(8, description="bits of the stored ||x||^2 for flat rq/aq indexes under L2 "
@@ -105,10 +109,16 @@ class IndexSpec(BaseModel):
             opq_m = int(m.group(1))
             parts = parts[1:]
         if len(parts) != 1:
-            raise SpecError(f"index spec {text!r}: expected exactly one codec part (PQ, SQ, RQ, AQ or CQ), got {parts}")
+            raise SpecError(f"index spec {text!r}: expected exactly one codec part (PQ, SQ, RQ, AQ, CQ or LAT), got {parts}")
         part = parts[0]
         if m := _SQ_RE.match(part):
             fields.update(codec="sq", nbits=int(m.group(1)), M=1)
+        elif m := _LAT_RE.match(part):
+            fields.update(codec="lat", M=int(m.group(1)), nbits=int(m.group(2) or 8))
+            options = {"lattice": m.group(3).lower()} if m.group(3) else {}
+            if m.group(4):
+                options["shape"] = "sphere"
+            fields["options"] = options
         elif m := _CODEC_RE.match(part):
             kind = m.group(1).lower()
             fields.update(codec=kind, M=int(m.group(2)), nbits=int(m.group(3) or 8))
@@ -151,6 +161,10 @@ class IndexSpec(BaseModel):
             parts.append(f"IVF{self.nlist}" + ("_HKM" if self.coarse == "tree" else ""))
         if self.codec == "sq":
             parts.append(f"SQ{self.nbits}")
+        elif self.codec == "lat":
+            lattice = str(self.options.get("lattice", "auto")).upper()
+            parts.append(f"LAT{self.M}x{self.nbits}" + ("" if lattice == "AUTO" else f"_{lattice}")
+                         + ("_SPH" if self.options.get("shape") == "sphere" else ""))
         elif self.codec in ("pq", "opq"):
             if self.codec == "opq":
                 parts.append(f"OPQ{self.M}")

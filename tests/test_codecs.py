@@ -2,7 +2,17 @@
 import numpy as np
 import pytest
 
-from annvq import OPQ, DimensionError, FormatError, InvalidInputError, NotTrainedError, ProductQuantizer, Quantizer, ScalarQuantizer
+from annvq import (
+    OPQ,
+    DimensionError,
+    FormatError,
+    InvalidInputError,
+    LatticeQuantizer,
+    NotTrainedError,
+    ProductQuantizer,
+    Quantizer,
+    ScalarQuantizer,
+)
 
 SEED_PQ_X = np.array(
     [[2, 3, 6, 6], [2.2, 3.5, 5.8, 6.1], [1.9, 2.8, 6.2, 5.9], [4.1, 5, 8.1, 7.9], [4.3, 5.1, 7.9, 8.2], [3.8, 4.6, 8.2, 8.1]],
@@ -34,6 +44,8 @@ CODECS = [
     lambda d: ProductQuantizer(d, M=8, nbits=6),
     lambda d: ProductQuantizer(d, M=4, nbits=10, niter=5),
     lambda d: OPQ(d, M=8, nbits=6, niter=4),
+    lambda d: LatticeQuantizer(d, M=4, nbits=12, lattice="e8"),
+    lambda d: LatticeQuantizer(d, M=8, nbits=8, lattice="d", shape="sphere"),
 ]
 
 
@@ -79,7 +91,7 @@ def test_linear_ip_matches_ip_tables(trained, i):
 
 
 def test_quality_ordering(trained):
-    x, (sq8, sq4, pq6, pq10, opq6) = trained
+    x, (sq8, sq4, pq6, pq10, opq6, *_) = trained
     assert sq8.mse(x) < sq4.mse(x)
     assert pq10.mse(x) < pq6.mse(x)
     assert opq6.mse(x) < pq6.mse(x)  # correlated data: the rotation must help
@@ -100,7 +112,7 @@ def test_code_size_is_what_is_stored(trained):
     for q in codecs:
         codes = q.encode(x[:7])
         assert codes.nbytes == 7 * q.code_size  # bytes per vector actually held
-    sq8, sq4, pq6, pq10, opq6 = codecs
+    sq8, sq4, pq6, pq10, opq6, *_ = codecs
     assert sq8.code_size == sq4.code_size == 32  # one byte per dimension, 4-bit levels included
     assert pq6.code_size == pq6.M and opq6.code_size == opq6.M  # 6-bit sub-codes take a byte each
     assert pq10.code_dtype == np.uint16 and pq10.code_size == 2 * pq10.M

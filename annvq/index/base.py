@@ -94,6 +94,7 @@ class BaseIndex(ABC):
         self.spec: str | None = None  # set by index_factory so files and services can show it
         self.storage: Any = None  # the stored copy this index was loaded from or saved to (annvq.storage)
         self.reencoded_from: str | None = None  # after a retrain: "exact" or "reconstructed"
+        self.labels: np.ndarray | None = None  # optional int64 class label of every id 0..len-1 (LVQ prototypes)
         self.segments: list[Segment] = []
         self._growing = self._new_growing()
         self._next_seg_id = 1
@@ -152,6 +153,7 @@ class BaseIndex(ABC):
         self._require_trained()
         if self._fingerprint is None:
             attrs, arrays = self.model_state()
+            arrays.pop("labels", None)  # labels name classes; they do not change what a code means
             h = hashlib.sha256(repr(sorted(attrs.items())).encode())
             for name in sorted(arrays):
                 a = np.ascontiguousarray(arrays[name])
@@ -611,6 +613,8 @@ class BaseIndex(ABC):
             attrs.update(norm_bits=self.norms.nbits, norm_min=self.norms.vmin, norm_max=self.norms.vmax)
         arrays = {f"codec_{k}": v for k, v in codec_arrays.items()}
         arrays.update(self._extra_arrays())
+        if self.labels is not None:
+            arrays["labels"] = np.asarray(self.labels, dtype=np.int64)
         return attrs, arrays
 
     def untrained_state(self) -> dict[str, Any]:
@@ -641,6 +645,12 @@ class BaseIndex(ABC):
                 raise FormatError(f"d={attrs['d']} does not match the codec's d={index.d}")
             if arrays is not None:
                 index._set_extra_arrays(arrays)
+                if "labels" in arrays:
+                    labels = np.asarray(arrays["labels"])
+                    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+                        raise FormatError(f"labels: expected a 1-D integer array, got {labels.dtype} of shape "
+                                          f"{labels.shape}")
+                    index.labels = labels.astype(np.int64)
                 if index.norms is not None:
                     index.norms = NormCodec(int(attrs["norm_bits"]), float(attrs["norm_min"]),
                                             float(attrs["norm_max"]))
