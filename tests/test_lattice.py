@@ -205,8 +205,8 @@ def test_indexes_search_and_persist(tmp_path, spec):
     D, I = idx.search(xq, 10, **params)
     true = np.argsort(((xq[:, None] - x[None]) ** 2).sum(-1), axis=1)[:, :1]
     assert np.mean([true[i, 0] in I[i] for i in range(len(xq))]) >= 0.8
-    idx.save(tmp_path / "lat.h5")
-    back = annvq.load(tmp_path / "lat.h5")
+    idx.save(tmp_path / "lat")
+    back = annvq.load(tmp_path / "lat")
     D2, I2 = back.search(xq, 10, **params)
     np.testing.assert_array_equal(I2, I)
     np.testing.assert_allclose(D2, D, rtol=1e-5)
