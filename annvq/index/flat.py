@@ -13,6 +13,9 @@ from .params import SearchParams
 from .segments import ROW_BITS, Rows
 
 
+_TABLE_BYTES = 64 << 20  # lookup tables built at a time: all queries of most batches, fewer for 16-bit codes
+
+
 class FlatIndex(BaseIndex):
     """Codes scanned in full per query (parallel over queries), segment after segment.
 
@@ -52,16 +55,22 @@ class FlatIndex(BaseIndex):
         return self.codec.decode(codes)
 
     def _scan(self, xq: np.ndarray, view: list, state: tuple, k: int, params: SearchParams) -> None:
-        tables = self.codec.lookup_tables(xq, self._codec_metric)
-        for pos, seg in enumerate(view):
-            if getattr(seg, "packed", None) is not None:
-                seg.packed.search(tables, Reservoir(state[0], state[1], state[2], state[3], k), label_base=pos << ROW_BITS)
-                continue
-            n = seg.n
-            bias = seg.bias[:n] if seg.bias.size else seg.bias
-            flat_scan(tables, seg.codes[:n], bias, pos << ROW_BITS, *state, k)
-        if self.fast_scan:
-            rescore_exact(view, state, k, tables)
+        M, K = self.codec.M, self.codec.ksub
+        block = max(1, _TABLE_BYTES // (M * K * 4))  # bounds the tables' memory (16-bit codes: 256 KiB a table)
+        rd, ri, cnt, thresh = state
+        for s in range(0, xq.shape[0], block):
+            b = slice(s, s + block)
+            tables = self.codec.lookup_tables(xq[b], self._codec_metric)
+            block_state = (rd[b], ri[b], cnt[b], thresh[b])
+            for pos, seg in enumerate(view):
+                if getattr(seg, "packed", None) is not None:
+                    seg.packed.search(tables, Reservoir(*block_state, k), label_base=pos << ROW_BITS)
+                    continue
+                n = seg.n
+                bias = seg.bias[:n] if seg.bias.size else seg.bias
+                flat_scan(tables, seg.codes[:n], bias, pos << ROW_BITS, *block_state, k)
+            if self.fast_scan:
+                rescore_exact(view, block_state, k, tables)
 
     @classmethod
     def _from_attrs(cls, codec: Quantizer, attrs: dict[str, Any]) -> "FlatIndex":
