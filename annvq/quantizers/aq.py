@@ -2,7 +2,6 @@
 jointly by beam search over unordered codebook choices, codebooks by least squares."""
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
@@ -43,14 +42,6 @@ class AdditiveQuantizer(AdditiveCodec):
         self.beam_size, self.train_beam_size = int(beam_size), int(train_beam_size)
         self.niter, self.perturb = int(niter), float(perturb)
         self.niter_kmeans, self.max_train_points = int(niter_kmeans), int(max_train_points)
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            **self._common_params(), "beam_size": self.beam_size, "train_beam_size": self.train_beam_size,
-            "niter": self.niter, "perturb": self.perturb,
-            "niter_kmeans": self.niter_kmeans, "max_train_points": self.max_train_points,
-            "random_state": self.random_state,
-        }
 
     def fit(self, x: np.ndarray) -> "AdditiveQuantizer":
         x = self._check_train(x, self.max_train_points)

@@ -1,6 +1,7 @@
 """The one interface every codec implements; indexes compose a ``Quantizer`` and never subclass it."""
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -109,9 +110,11 @@ class Quantizer(ABC):
         return None
 
     # --- persistence ----------------------------------------------------------------------------
-    @abstractmethod
     def get_params(self) -> dict[str, Any]:
-        """Constructor parameters (JSON-serialisable scalars)."""
+        """Constructor parameters (JSON-serialisable scalars), read back from the attributes of the same
+        names, as scikit-learn estimators do."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
 
     @abstractmethod
     def _get_arrays(self) -> dict[str, np.ndarray]:

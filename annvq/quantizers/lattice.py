@@ -5,7 +5,6 @@ sub-space, one scale (ball) or a few gain levels (sphere), fitted by one-dimensi
 """
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
@@ -145,10 +144,6 @@ class LatticeQuantizer(Quantizer):
         return np.array(out[-_MAX_SHELLS:], dtype=np.int64)
 
     # --- persistence -------------------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        return {"d": self.d, "M": self.M, "nbits": self.nbits, "lattice": self.lattice, "shape": self.shape,
-                "max_train_points": self.max_train_points, "random_state": self.random_state}
-
     def _get_arrays(self) -> dict[str, np.ndarray]:
         if self.shape == "ball":
             return {"mean": self.mean, "scale": self.scale}

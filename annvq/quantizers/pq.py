@@ -1,7 +1,6 @@
 """Product quantization: split d into M sub-spaces, one k-means codebook of 2**nbits per sub-space."""
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
@@ -39,12 +38,6 @@ class ProductQuantizer(Quantizer):
         self.random_state = random_state
         self._set_arrays({"codebooks": np.zeros((self.M, self.ksub, self.dsub), dtype=np.float32)})
         self._trained = False
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "d": self.d, "M": self.M, "nbits": self.nbits, "niter": self.niter, "init": self.init,
-            "max_points_per_centroid": self.max_points_per_centroid, "random_state": self.random_state,
-        }
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return {"codebooks": self.codebooks}

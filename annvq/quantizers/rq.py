@@ -1,7 +1,6 @@
 """Residual quantization: codebook m quantizes what codebooks 0..m-1 left over, encoded by beam search."""
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
@@ -38,13 +37,6 @@ class ResidualQuantizer(AdditiveCodec):
         self.beam_size, self.niter, self.init = int(beam_size), int(niter), init
         self.refine_iters = int(refine_iters)
         self.max_points_per_centroid, self.max_train_points = int(max_points_per_centroid), int(max_train_points)
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            **self._common_params(), "beam_size": self.beam_size, "niter": self.niter, "init": self.init,
-            "refine_iters": self.refine_iters, "max_points_per_centroid": self.max_points_per_centroid,
-            "max_train_points": self.max_train_points, "random_state": self.random_state,
-        }
 
     def fit(self, x: np.ndarray) -> "ResidualQuantizer":
         x = self._check_train(x, self.max_train_points)

@@ -1,7 +1,6 @@
 """Scalar quantization: every dimension mapped uniformly to 2**nbits levels between its trained min and max."""
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
@@ -31,9 +30,6 @@ class ScalarQuantizer(Quantizer):
         self.vmin = np.zeros(self.d, dtype=np.float32)
         self.step = np.ones(self.d, dtype=np.float32)
         self._trained = False
-
-    def get_params(self) -> dict[str, Any]:
-        return {"d": self.d, "nbits": self.nbits, "rs": self.rs, "random_state": self.random_state}
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return {"vmin": self.vmin, "step": self.step}
