@@ -189,5 +189,5 @@ def test_demo_on_embedded_default_data(tmp_path, monkeypatch):
 
 
 def test_serve_without_server_package(monkeypatch):
-    monkeypatch.setitem(sys.modules, "server.main", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "annvq_server.main", None)  # makes the import fail
     assert_user_error(run("serve"), "REST service is not available")
