@@ -2,7 +2,16 @@
 import numpy as np
 import pytest
 
-from annvq import OPQ, DimensionError, FormatError, InvalidInputError, NotTrainedError, ProductQuantizer, Quantizer, ScalarQuantizer
+from annvq import (
+    OPQ,
+    DimensionError,
+    FormatError,
+    InvalidInputError,
+    NotTrainedError,
+    ProductQuantizer,
+    Quantizer,
+    ScalarQuantizer,
+)
 
 SEED_PQ_X = np.array(
     [[2, 3, 6, 6], [2.2, 3.5, 5.8, 6.1], [1.9, 2.8, 6.2, 5.9], [4.1, 5, 8.1, 7.9], [4.3, 5.1, 7.9, 8.2], [3.8, 4.6, 8.2, 8.1]],
