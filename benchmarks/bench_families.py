@@ -17,6 +17,12 @@ annvq AQ's and RQ's. One thread (``--threads``), every peer in the same process.
 
     python benchmarks/bench_families.py                                        # everything (~1 h)
     python benchmarks/bench_families.py --families emb50 emb96 --codecs OPQ CQ AQ
+    python benchmarks/bench_families.py --coarse --coarse-seeds 5     # IVF coarse quantizer vs faiss
+
+``--coarse``: IVF256,PQ16x8 on the built-in 110k SIFT set against faiss IVF256,PQ16 at nprobe 1
+over several seeds (R@10: the true neighbour in the top 10; coarse recall: the true neighbour in the
+query's list; list_cv: coefficient of variation of list sizes), plus annvq's coarse k-means with
+k-means++ seeding, its start before it became random.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from common import (
     markdown_table,
     optional,
     pin_threads,
+    timed,
     write_results,
 )
 
@@ -50,6 +57,7 @@ from annvq.datasets import (
     load_annb,
     make_correlated,
     make_embeddings,
+    recall_at,
     split_queries,
 )
 
@@ -140,13 +148,17 @@ def run_family(fam: Family, codecs: list[Codec], n: int, additive_max_bits: int)
     x, xq, gt = ds.train, ds.test, ds.neighbors
     d = x.shape[1]
     rows = []
+    peers: dict[tuple[str, int], dict[str, Any]] = {}  # a faiss peer shared by two codecs runs once
     for codec in codecs:
         for bits in codec.budgets(d, fam.bits, additive_max_bits):
             dsub = d // (bits // 8) if codec.layout == "product" else d
             meta = {"family": fam.name, "bits": bits, "codec": codec.name, "dsub": dsub}
             pair = [annvq_row({**meta, "lib": "annvq"}, codec.make_annvq(d, bits), x, xq, gt)]
             if faiss is not None and codec.faiss is not None:
-                pair.append(faiss_row({**meta, "lib": f"faiss {codec.peer}"}, codec.make_faiss(d, bits), x, xq, gt))
+                key = (codec.peer, bits)
+                if key not in peers:
+                    peers[key] = faiss_row({**meta, "lib": f"faiss {codec.peer}"}, codec.make_faiss(d, bits), x, xq, gt)
+                pair.append({**peers[key], "codec": codec.name})
             for row in pair:
                 print(markdown_table([row], COLS).splitlines()[-1], flush=True)
             rows += pair
@@ -171,6 +183,70 @@ def ratio_table(rows: list[dict[str, Any]], codecs: list[Codec]) -> list[dict[st
     return list(out.values())
 
 
+COARSE_COLS = ["lib", "seed", "R@1", "R@10", "coarse_recall", "list_cv", "build_s"]
+
+
+def _coarse_stats(centroids: np.ndarray, x: np.ndarray, xq: np.ndarray, nn: np.ndarray) -> dict[str, float]:
+    """How often a query's nearest neighbour lies in the query's list, and the spread of list sizes."""
+    from annvq.kernels import assign_l2
+
+    lists = assign_l2(x, centroids)[0]
+    sizes = np.bincount(lists, minlength=centroids.shape[0])
+    return {"coarse_recall": float(np.mean(lists[nn] == assign_l2(xq, centroids)[0])),
+            "list_cv": float(sizes.std() / sizes.mean())}
+
+
+def coarse_rows(seeds: int, train_on: str, nlist: int = 256, M: int = 16) -> list[dict[str, Any]]:
+    """IVF{nlist},PQ{M}x8 at nprobe 1 on the built-in SIFT set, annvq against faiss, over ``seeds`` seeds.
+
+    Also the coarse k-means alone with k-means++ seeding (annvq's coarse start before it became random).
+    """
+    from annvq.datasets import load_default
+    from annvq.kmeans import KMeans
+
+    ds = load_default()
+    x, xq, gt = ds.train, ds.test, ds.neighbors
+    xt = ds.learn if train_on == "learn" else x
+    nn = gt[:, 0]
+    rows = []
+    for seed in range(seeds):
+        idx = annvq.index_factory(x.shape[1], f"IVF{nlist},PQ{M}x8")
+        idx.coarse.random_state = idx.codec.random_state = seed
+        _, t = timed(lambda idx=idx: (idx.train(xt), idx.add(x)))
+        I = idx.search(xq, 10, nprobe=1)[1]
+        rows.append({"lib": f"annvq IVF{nlist},PQ{M}x8", "seed": seed, "R@1": recall_at(I, gt, 1), "R@10": recall_at(I, gt, 10),
+                     **_coarse_stats(idx.coarse.centroids, x, xq, nn), "build_s": t})
+        kpp = KMeans(nlist, niter=idx.coarse.niter, init="k-means++", random_state=seed).fit(xt).centroids
+        rows.append({"lib": "annvq coarse k-means, k-means++ start", "seed": seed, **_coarse_stats(kpp, x, xq, nn)})
+        if faiss is not None:
+            index = faiss.index_factory(x.shape[1], f"IVF{nlist},PQ{M}")
+            ivf = faiss.extract_index_ivf(index)
+            ivf.cp.seed = 1234 + seed  # faiss's default seed for seed 0
+            faiss.downcast_index(ivf).pq.cp.seed = 1234 + seed
+            _, t = timed(lambda index=index: (index.train(xt), index.add(x)))
+            ivf.nprobe = 1
+            I = index.search(xq, 10)[1]
+            rows.append({"lib": f"faiss IVF{nlist},PQ{M}", "seed": seed, "R@1": recall_at(I, gt, 1), "R@10": recall_at(I, gt, 10),
+                         **_coarse_stats(ivf.quantizer.reconstruct_n(0, nlist), x, xq, nn), "build_s": t})
+        for r in rows[-3:]:
+            print(markdown_table([r], COARSE_COLS).splitlines()[-1], flush=True)
+    return rows
+
+
+def coarse_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds per library."""
+    out = []
+    for lib in dict.fromkeys(r["lib"] for r in rows):
+        mine = [r for r in rows if r["lib"] == lib]
+        row: dict[str, Any] = {"lib": lib, "seeds": len(mine)}
+        for col in ("R@10", "coarse_recall", "list_cv"):
+            vals = [r[col] for r in mine if col in r]
+            if vals:
+                row[col] = f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
+        out.append(row)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--families", nargs="*", default=[f.name for f in FAMILIES], choices=[f.name for f in FAMILIES])
@@ -180,10 +256,21 @@ def main() -> None:
     ap.add_argument("--data-dir", help="directory holding sift10k/ and bigann10k/ (default ../shared/data)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="families", help="results file stem under benchmarks/results/")
+    ap.add_argument("--coarse", action="store_true", help="only the IVF coarse-quantizer comparison on the built-in SIFT set")
+    ap.add_argument("--coarse-seeds", type=int, default=5)
+    ap.add_argument("--coarse-train", choices=["learn", "base"], default="learn", help="train on the learn split or the base")
     args = ap.parse_args()
     if args.data_dir:
         os.environ["ANNVQ_SHARED_DATA"] = args.data_dir
     apply_thread_limits(args.threads)
+    if args.coarse:
+        rows = coarse_rows(args.coarse_seeds, args.coarse_train)
+        summary = coarse_summary(rows)
+        print(f"\nIVF256,PQ16 at nprobe 1 on the built-in SIFT set (trained on {args.coarse_train}), over seeds\n"
+              + markdown_table(summary, ["lib", "seeds", "R@10", "coarse_recall", "list_cv"]))
+        path = write_results(args.out, {"threads": args.threads, "args": vars(args), "rows": rows, "summary": summary})
+        print(f"results written to {path}")
+        return
     codecs = [c for c in CODECS if c.name in args.codecs]
     print(markdown_table([], COLS), flush=True)
     rows = []
