@@ -18,49 +18,31 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    apply_thread_limits, dataset_path, markdown_table, optional, pin_threads, timed, write_results,
+from common import (
+    annvq_row,
+    apply_thread_limits,
+    dataset_path,
+    faiss_row,
+    markdown_table,
+    optional,
+    pin_threads,
+    write_results,
 )
 
 pin_threads(1)
 
-import numpy as np  # noqa: E402
-
-from annvq import FlatIndex  # noqa: E402
-from annvq.datasets import load_annb, mse, recall_at  # noqa: E402
-from annvq.quantizers import AdditiveQuantizer, CompositeQuantizer, ProductQuantizer, ResidualQuantizer  # noqa: E402
+from annvq import FlatIndex
+from annvq.datasets import load_annb
+from annvq.quantizers import (
+    AdditiveQuantizer,
+    CompositeQuantizer,
+    ProductQuantizer,
+    ResidualQuantizer,
+)
 
 faiss = optional("faiss")
 METHODS = ("pq", "rq", "aq", "cq", "faiss-pq", "faiss-rq", "faiss-lsq")
 COLS = ["dataset", "bits", "method", "M", "mse", "R@1", "R@10", "R@100", "train_s", "encode_vps"]
-
-
-def _row(name, bits, method, M, x, xq, gt, train, encode, decode, search):
-    _, t_train = timed(train)
-    codes, t_enc = timed(lambda: encode(x))
-    I = search(xq)
-    return {"dataset": name, "bits": bits, "method": method, "M": M, "mse": mse(x, decode(codes)),
-            "R@1": recall_at(I, gt, 1), "R@10": recall_at(I, gt, 10), "R@100": recall_at(I, gt, 100),
-            "train_s": t_train, "encode_vps": x.shape[0] / t_enc}
-
-
-def annvq_row(name, bits, method, codec, x, xq, gt):
-    index = FlatIndex(codec, metric="l2", norm_bits=8)
-
-    def search(q):
-        index.add(x)
-        return index.search(q, 100)[1]
-
-    return _row(name, bits, f"annvq {method}", codec.M, x, xq, gt, lambda: index.train(x), codec.encode,
-                codec.decode, search)
-
-
-def faiss_row(name, bits, method, index, M, x, xq, gt):
-    def search(q):
-        index.add(x)
-        return index.search(q, 100)[1]
-
-    return _row(name, bits, method, M, x, xq, gt, lambda: index.train(x), index.sa_encode, index.sa_decode, search)
 
 
 def make(method: str, d: int, bits: int, args):
@@ -109,8 +91,11 @@ def main() -> None:
         for bits in args.bits:
             for method in methods:
                 M, obj = make(method, x.shape[1], bits, args)
-                row = (faiss_row(name, bits, method, obj, M, x, xq, gt) if method.startswith("faiss")
-                       else annvq_row(name, bits, method, obj, x, xq, gt))
+                if method.startswith("faiss"):
+                    row = faiss_row({"dataset": name, "bits": bits, "method": method, "M": M}, obj, x, xq, gt)
+                else:
+                    meta = {"dataset": name, "bits": bits, "method": f"annvq {method}", "M": M}
+                    row = annvq_row(meta, FlatIndex(obj, metric="l2", norm_bits=8), x, xq, gt)
                 rows.append(row)
                 print(markdown_table([row], COLS).splitlines()[-1], flush=True)
             print(markdown_table([r for r in rows if r["dataset"] == name and r["bits"] == bits], COLS), flush=True)

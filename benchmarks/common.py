@@ -5,8 +5,9 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -58,6 +59,38 @@ def timed(fn: Callable[[], Any], repeat: int = 1, min_seconds: float = 0.0) -> t
         dt = time.perf_counter() - t
         best, total, runs = min(best, dt), total + dt, runs + 1
     return out, best
+
+
+def quality_row(meta: dict[str, Any], x, xq, gt, train: Callable[[], Any], encode: Callable, decode: Callable,
+                search: Callable) -> dict[str, Any]:
+    """Train, encode ``x``, decode and search ``xq`` with one codec: ``meta`` plus the MSE of the
+    reconstructions, 1-recall@1/10/100 against ``gt``, train seconds and encoding throughput (vectors/s)."""
+    from annvq.datasets import mse, recall_at
+
+    _, t_train = timed(train)
+    codes, t_enc = timed(lambda: encode(x))
+    I = search(xq)
+    return {**meta, "mse": mse(x, decode(codes)), "R@1": recall_at(I, gt, 1), "R@10": recall_at(I, gt, 10),
+            "R@100": recall_at(I, gt, 100), "train_s": t_train, "encode_vps": x.shape[0] / t_enc}
+
+
+def annvq_row(meta: dict[str, Any], index, x, xq, gt) -> dict[str, Any]:
+    """:func:`quality_row` of an untrained annvq index: trained on ``x``, filled with ``x``, k=100."""
+    def search(q):
+        index.add(x)
+        return index.search(q, 100)[1]
+
+    codec = index.codec
+    return quality_row(meta, x, xq, gt, lambda: index.train(x), codec.encode, codec.decode, search)
+
+
+def faiss_row(meta: dict[str, Any], index, x, xq, gt) -> dict[str, Any]:
+    """:func:`quality_row` of an untrained faiss index (``sa_encode``/``sa_decode`` for the codes)."""
+    def search(q):
+        index.add(x)
+        return index.search(q, 100)[1]
+
+    return quality_row(meta, x, xq, gt, lambda: index.train(x), index.sa_encode, index.sa_decode, search)
 
 
 def optional(name: str):

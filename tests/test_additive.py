@@ -12,7 +12,8 @@ from annvq.quantizers.additive import least_squares_codebooks
 CODECS = {
     "rq": lambda d, M, nbits: ResidualQuantizer(d, M=M, nbits=nbits, beam_size=4, refine_iters=1),
     "aq": lambda d, M, nbits: AdditiveQuantizer(d, M=M, nbits=nbits, beam_size=4, train_beam_size=2, niter=2),
-    "cq": lambda d, M, nbits: CompositeQuantizer(d, M=M, nbits=nbits, niter=3, lbfgs_iters=10),
+    "cq": lambda d, M, nbits: CompositeQuantizer(d, M=M, nbits=nbits, niter=3, niter_free=2, ramp=1, niter_encoder=1,
+                                                  lbfgs_iters=10),
 }
 
 
@@ -244,7 +245,8 @@ def test_quality_order_on_sift10k_64_bits(sift):
         "pq": ProductQuantizer(128, M=8, nbits=8, niter=10, init="random").fit(train).mse(train),
         "rq": ResidualQuantizer(128, M=8, nbits=8, beam_size=8, niter=10, refine_iters=1).fit(train).mse(train),
         "aq": AdditiveQuantizer(128, M=8, nbits=8, beam_size=8, train_beam_size=4, niter=4, niter_kmeans=10).fit(train).mse(train),
-        "cq": CompositeQuantizer(128, M=8, nbits=8, niter=3, niter_kmeans=10).fit(train).mse(train),
+        "cq": CompositeQuantizer(128, M=8, nbits=8, niter=3, niter_free=3, ramp=1, niter_encoder=1, init="product",
+                                niter_kmeans=10).fit(train).mse(train),
     }
     assert mse["pq"] > mse["rq"] > mse["aq"], mse
     assert mse["cq"] < mse["pq"], mse

@@ -3,6 +3,7 @@ an embedded SIFT dataset computed from scikit-image's sample photos (no download
 from .annb import Dataset, annb_distances, load_annb, save_annb
 from .default import compute_descriptors, default_cache_dir, default_descriptors, load_dataset, load_default
 from .groundtruth import knn_groundtruth, knn_recall, mse, recall_at
+from .synthetic import make_correlated, make_embeddings, split_queries
 from .texmex import (
     count_vecs,
     iter_vecs,
@@ -28,6 +29,8 @@ __all__ = [
     "load_annb",
     "load_dataset",
     "load_default",
+    "make_correlated",
+    "make_embeddings",
     "mse",
     "read_bvecs",
     "read_fvecs",
@@ -35,6 +38,7 @@ __all__ = [
     "read_vectors",
     "recall_at",
     "save_annb",
+    "split_queries",
     "write_bvecs",
     "write_fvecs",
     "write_ivecs",

@@ -155,9 +155,6 @@ class AdditiveCodec(Quantizer):
     def _set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self._set_codebooks(self._expect_shape(arrays, "codebooks", (self.M, self.ksub, self.d)))
 
-    def _common_params(self) -> dict[str, Any]:
-        return {"d": self.d, "M": self.M, "nbits": self.nbits}
-
     def _check_train(self, x: np.ndarray, max_train_points: int) -> np.ndarray:
         """Validated training vectors, subsampled to ``max_train_points``."""
         x = self._check_x(x)
@@ -185,15 +182,20 @@ class AdditiveCodec(Quantizer):
         """Best codes (n, M) int32 of a beam search with the trained codebooks."""
         return beam_encode(x, self._tables, self.ksub, beam_size, fixed_order)[0][:, 0]
 
-    def _icm(self, x: np.ndarray, codes: np.ndarray, sweeps: int, mu: float, eps: float) -> np.ndarray:
-        """ICM sweeps from ``codes`` (penalty ``mu (cross - eps)^2``; 0 for plain ICM), in blocks of vectors."""
-        out = np.empty_like(codes)
+    def _icm(self, x: np.ndarray, codes: np.ndarray, sweeps: int, mu: float, eps: float, rounds: int = 0,
+             perturb: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """ICM from ``codes`` (penalty ``mu (cross - eps)^2``; 0 for plain ICM; at most ``sweeps`` sweeps),
+        then ``rounds`` of iterated local search perturbing ``perturb`` codebooks; in blocks of vectors.
+        Returns the codes and each vector's objective minus ``||x||^2``."""
+        out = np.empty_like(codes, dtype=np.int32)
+        obj = np.empty(x.shape[0], dtype=np.float64)
         step = _block_rows(self.M * self.ksub)
         for s in range(0, x.shape[0], step):
             xdots = x[s : s + step] @ self._flat.T
-            out[s : s + step] = icm_encode(xdots, self._cnorms, self._cross, self._flat, codes[s : s + step],
-                                           self.ksub, mu, eps, sweeps)
-        return out
+            out[s : s + step], obj[s : s + step] = icm_encode(
+                xdots, self._cnorms, self._cross, self._flat, codes[s : s + step], self.ksub, mu, eps, sweeps, rounds,
+                perturb, seed, s)
+        return out, obj
 
     def _query_dots(self, xq: np.ndarray) -> np.ndarray:
         """q.c for every query and codeword, shaped (nq, M, K)."""

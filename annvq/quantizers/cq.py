@@ -11,23 +11,41 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize
 
+from ..errors import InvalidInputError
 from ..kernels import sq_norms
 from ..kernels.additive import cross_terms as cross_term_kernel
 from ..kernels.additive import decode_sum, scatter_rows
 from ..kmeans import KMeans
-from .additive import AdditiveCodec, beam_encode
+from .additive import AdditiveCodec, beam_encode, least_squares_codebooks
+from .opq import OPQ
+from .rq import ResidualQuantizer
+
+_INITS = ("auto", "product", "residual")
 
 
 class CompositeQuantizer(AdditiveCodec):
     """CQ with ``M`` codebooks of ``nbits`` bits.
 
-    Training minimises ``sum ||x - x_hat||^2 + mu sum (cross(x) - eps)^2``, starting from product
-    quantization (codewords in disjoint coordinate blocks, so every cross term is 0), and alternates
-    ``niter`` times: L-BFGS on the codebooks (``lbfgs_iters`` steps), ICM code updates
-    (``icm_sweeps``) and the closed-form ``eps`` (mean cross term). The penalty weight is
+    Training minimises ``sum ||x - x_hat||^2 + mu sum (cross(x) - eps)^2``. The penalty weight is
     ``mu = penalty / s`` with ``s`` the mean squared distance of the training vectors to their mean,
-    so ``penalty`` is scale-free. Encoding starts from a beam search (width ``beam_size``) and runs
-    penalised ICM, so new vectors keep their cross term near the trained ``eps``.
+    so ``penalty`` is scale-free. The stages:
+
+    1. Start (``init``): "product" (OPQ codebooks, each living on its block of rotated coordinates,
+       so every cross term is 0), "residual" (residual quantizer codebooks) or "auto" (both, each
+       refined ``probe_iters`` unconstrained rounds; the one with the lower error goes on). SIFT-like
+       data prefer the product start, normalised embeddings the residual one.
+    2. ``niter_free`` unconstrained rounds (additive quantization: least-squares codebooks, ICM codes).
+    3. ``niter`` penalised rounds: L-BFGS on the codebooks (``lbfgs_iters`` steps), new codes, then
+       the closed-form ``eps`` (mean cross term). ``mu`` rises geometrically from ``mu / 100`` over
+       the first ``ramp`` rounds, so the codebooks leave the unconstrained optimum gradually. Codes
+       come from ICM started at the previous codes, except in the last ``niter_encoder`` rounds, where
+       they come from the encoder itself: the codebooks then fit the codes that encoding finds.
+
+    Codes are improved by ICM (at most ``icm_sweeps`` sweeps) plus iterated local search,
+    ``train_ils_rounds`` rounds in training and ``ils_rounds`` when encoding. The encoder starts from
+    two beam searches (width ``beam_size``; codebooks in order, and in any order) that ignore the
+    penalty, raises the penalty to ``mu`` in three ICM steps, runs the local search, and keeps the
+    better of the two codes per vector. Search needs no stored norm: see :meth:`lookup_tables`.
     """
 
     kind = "cq"
@@ -39,26 +57,30 @@ class CompositeQuantizer(AdditiveCodec):
         nbits: int = 8,
         penalty: float = 10.0,
         niter: int = 10,
+        niter_free: int = 10,
+        ramp: int = 5,
+        niter_encoder: int = 5,
         lbfgs_iters: int = 20,
-        icm_sweeps: int = 3,
+        icm_sweeps: int = 10,
+        train_ils_rounds: int = 4,
+        ils_rounds: int = 16,
         beam_size: int = 4,
+        init: str = "auto",
+        probe_iters: int = 2,
         niter_kmeans: int = 25,
         max_train_points: int = 65536,
         random_state: int | None = 0,
     ) -> None:
         super().__init__(d, M, nbits, random_state)
-        self.penalty, self.niter, self.lbfgs_iters = float(penalty), int(niter), int(lbfgs_iters)
-        self.icm_sweeps, self.beam_size = int(icm_sweeps), int(beam_size)
+        if init not in _INITS:
+            raise InvalidInputError(f"init must be one of {', '.join(_INITS)}, got {init!r}")
+        self.penalty, self.niter, self.niter_free = float(penalty), int(niter), int(niter_free)
+        self.ramp, self.niter_encoder, self.lbfgs_iters = int(ramp), int(niter_encoder), int(lbfgs_iters)
+        self.icm_sweeps, self.train_ils_rounds, self.ils_rounds = int(icm_sweeps), int(train_ils_rounds), int(ils_rounds)
+        self.beam_size, self.init, self.probe_iters = int(beam_size), init, int(probe_iters)
         self.niter_kmeans, self.max_train_points = int(niter_kmeans), int(max_train_points)
         self.eps = 0.0
         self.mu = 0.0
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            **self._common_params(), "penalty": self.penalty, "niter": self.niter, "lbfgs_iters": self.lbfgs_iters,
-            "icm_sweeps": self.icm_sweeps, "beam_size": self.beam_size, "niter_kmeans": self.niter_kmeans,
-            "max_train_points": self.max_train_points, "random_state": self.random_state,
-        }
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return {"codebooks": self.codebooks, "eps_mu": np.array([self.eps, self.mu])}
@@ -89,22 +111,61 @@ class CompositeQuantizer(AdditiveCodec):
         return cross_term_kernel(self._cross, self._flat, codes, self.ksub)
 
     # --- training ----------------------------------------------------------------------------------
-    def fit(self, x: np.ndarray) -> "CompositeQuantizer":
+    def fit(self, x: np.ndarray) -> CompositeQuantizer:
         x = self._check_train(x, self.max_train_points)
         scale = float(np.mean(np.sum((x - x.mean(axis=0)) ** 2, axis=1)))
-        self.mu = self.penalty / max(scale, 1e-30)
-        codes = self._init_product(x)
-        self.eps = 0.0
+        mu = self.penalty / max(scale, 1e-30)
+        self.mu = self.eps = 0.0
+        codes = self._start(x)
         x64 = x.astype(np.float64)
-        for _ in range(self.niter):
+        self.eps = self._mean_cross(codes)
+        for t in range(self.niter):
+            self.mu = mu * 0.01 ** max(0.0, 1.0 - t / self.ramp) if self.ramp > 0 else mu
             self._update_codebooks(x64, codes)
-            codes = self._icm(x, codes, self.icm_sweeps, self.mu, self.eps)
-            self.eps = float(np.mean(cross_term_kernel(self._cross, self._flat, codes, self.ksub)))
+            if t >= self.niter - self.niter_encoder:
+                codes = self._encode_codes(x, self.train_ils_rounds, seed=t)
+            else:
+                codes = self._icm(x, codes, self.icm_sweeps, self.mu, self.eps, self.train_ils_rounds, seed=t)[0]
+            self.eps = self._mean_cross(codes)
+        self.mu = mu
         self._trained = True
         return self
 
-    def _init_product(self, x: np.ndarray) -> np.ndarray:
-        """Product-quantizer start: codebook m lives on the m-th block of coordinates (cross terms all 0)."""
+    def _mean_cross(self, codes: np.ndarray) -> float:
+        return float(np.mean(cross_term_kernel(self._cross, self._flat, codes, self.ksub)))
+
+    def _start(self, x: np.ndarray) -> np.ndarray:
+        """Codebooks and codes after the start and the unconstrained rounds (stages 1 and 2)."""
+        starts = ("product", "residual") if self.init == "auto" else (self.init,)
+        probe = min(self.probe_iters, self.niter_free) if len(starts) > 1 else 0
+        best = None
+        for i, kind in enumerate(starts):
+            codebooks, codes = self._init_product(x) if kind == "product" else self._init_residual(x)
+            self._set_codebooks(codebooks)
+            codes = self._free_rounds(x, codes, probe, seed=1000 * (i + 1))
+            err = float(np.mean(np.sum((x - decode_sum(self._flat, codes, self.ksub)) ** 2, axis=1)))
+            if best is None or err < best[0]:
+                best = (err, self.codebooks, codes)
+        _, codebooks, codes = best
+        self._set_codebooks(codebooks)
+        return self._free_rounds(x, codes, self.niter_free - probe, seed=3000)
+
+    def _free_rounds(self, x: np.ndarray, codes: np.ndarray, rounds: int, seed: int) -> np.ndarray:
+        """Unconstrained additive quantization rounds: least-squares codebooks, then ICM codes."""
+        for t in range(rounds):
+            self._set_codebooks(least_squares_codebooks(x, codes, self.codebooks))
+            codes = self._icm(x, codes, self.icm_sweeps, 0.0, 0.0, self.train_ils_rounds, seed=seed + t)[0]
+        return codes
+
+    def _init_product(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Product start: codebook m lives on the m-th block of coordinates (cross terms all 0), after an
+        OPQ rotation when M divides d (else on blocks of the raw coordinates)."""
+        if self.d % self.M == 0:
+            opq = OPQ(self.d, self.M, self.nbits, niter_final=self.niter_kmeans, max_train_points=self.max_train_points,
+                      random_state=self.random_state).fit(x)
+            dsub = self.d // self.M
+            codebooks = np.stack([opq.pq.codebooks[m] @ opq.R[:, m * dsub : (m + 1) * dsub].T for m in range(self.M)])
+            return codebooks.astype(np.float32), opq.encode(x).astype(np.int32)
         rng = np.random.default_rng(self.random_state)
         codebooks = np.zeros((self.M, self.ksub, self.d), dtype=np.float32)
         codes = np.empty((x.shape[0], self.M), dtype=np.int32)
@@ -113,8 +174,13 @@ class CompositeQuantizer(AdditiveCodec):
             xs = np.ascontiguousarray(x[:, dims])
             codebooks[m][:, dims] = km.fit(xs).centroids
             codes[:, m] = km.predict(xs)
-        self._set_codebooks(codebooks)
-        return codes
+        return codebooks, codes
+
+    def _init_residual(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Residual start: the codebooks and beam-search codes of a residual quantizer."""
+        rq = ResidualQuantizer(self.d, self.M, self.nbits, beam_size=8, niter=self.niter_kmeans, refine_iters=0,
+                               max_train_points=self.max_train_points, random_state=self.random_state).fit(x)
+        return rq.codebooks, rq._beam(x, 8, True)
 
     def _update_codebooks(self, x64: np.ndarray, codes: np.ndarray) -> None:
         """L-BFGS steps on the penalised objective over all codewords, codes and eps fixed."""
@@ -140,8 +206,23 @@ class CompositeQuantizer(AdditiveCodec):
                        options={"maxiter": self.lbfgs_iters, "maxcor": 5})
         self._set_codebooks(res.x.reshape(self.M, K, self.d))
 
+    def _encode_codes(self, x: np.ndarray, rounds: int, seed: int = 0) -> np.ndarray:
+        """Codes (n, M) int32: the better, per vector, of two beam searches (codebooks in order, in any
+        order) each followed by ICM with the penalty raised to ``mu`` in three steps and ``rounds`` of
+        iterated local search."""
+        best_codes, best_obj = None, None
+        for fixed_order in (True, False):
+            codes = beam_encode(x, self._tables, self.ksub, self.beam_size, fixed_order)[0][:, 0]
+            for f in (0.01, 0.1):
+                codes = self._icm(x, codes, self.icm_sweeps, f * self.mu, self.eps)[0]
+            codes, obj = self._icm(x, codes, self.icm_sweeps, self.mu, self.eps, rounds, seed=seed)
+            if best_codes is None:
+                best_codes, best_obj = codes, obj
+            else:
+                better = obj < best_obj
+                best_codes[better] = codes[better]
+        return best_codes
+
     def encode(self, x: np.ndarray) -> np.ndarray:
         self._require_trained()
-        x = self._check_x(x)
-        codes = beam_encode(x, self._tables, self.ksub, self.beam_size, False)[0][:, 0]
-        return self._icm(x, codes, self.icm_sweeps, self.mu, self.eps).astype(self.code_dtype)
+        return self._encode_codes(self._check_x(x), self.ils_rounds).astype(self.code_dtype)
