@@ -13,10 +13,12 @@ import numpy as np
 from .._threads import search_threads
 from .._validate import as_ids, as_vectors, check_k, check_metric, missing_ids
 from ..errors import DuplicateIdError, FormatError, InvalidInputError, NotTrainedError
+from ..kernels.ivf import exact_distances
 from ..quantizers import Quantizer
 from .norms import NormCodec
 
 _INDEX_TYPES: dict[str, type["BaseIndex"]] = {}
+_RERANK_FLOATS = 8 << 20  # decoded candidate floats held at once while re-ranking by decode
 
 
 class BaseIndex(ABC):
@@ -127,6 +129,34 @@ class BaseIndex(ABC):
     def _norm_values(self, codes: np.ndarray) -> np.ndarray:
         xh = self.codec.decode(codes)
         return np.einsum("ij,ij->i", xh, xh)
+
+    # --- re-ranking by decode (codecs with ``rerank_decoded``) -----------------------------------
+    def _decoded_shortlist(self, k: int, k_factor: Any) -> int:
+        """ADC candidates to re-rank: ``k * k_factor``, the codec's ``k_factor`` when None."""
+        kf = self.codec.k_factor if k_factor is None else k_factor
+        if isinstance(kf, bool) or not isinstance(kf, (int, np.integer)) or kf < 1:
+            raise InvalidInputError(f"k_factor must be a positive integer, got {kf!r}")
+        return k * int(kf)
+
+    def _rerank_decoded(self, xq: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Best ``k`` of the candidate rows (nq, kk) by exact distance to their decoded vectors: ``(D, R)``,
+        -1 rows padding. Queries go in blocks so at most ~``_RERANK_FLOATS`` decoded floats are held."""
+        nq, kk = rows.shape
+        D = np.empty((nq, k), dtype=np.float32)
+        R = np.empty((nq, k), dtype=np.int64)
+        step = max(1, _RERANK_FLOATS // (kk * self.d))
+        for s in range(0, nq, step):
+            blk = rows[s : s + step]
+            valid = blk >= 0
+            uniq, inv = np.unique(blk[valid], return_inverse=True)
+            vecs = self._reconstruct_rows(uniq) if uniq.size else np.empty((0, self.d), dtype=np.float32)
+            where = np.full(blk.shape, -1, dtype=np.int64)
+            where[valid] = inv
+            dist = exact_distances(xq[s : s + step], vecs, vecs[:0], where, self.metric != "l2")
+            order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+            D[s : s + step] = np.take_along_axis(dist, order, axis=1)
+            R[s : s + step] = np.where(np.isfinite(D[s : s + step]), np.take_along_axis(blk, order, axis=1), -1)
+        return D, R
 
     # --- the public API ------------------------------------------------------------------------
     def train(self, x) -> "BaseIndex":

@@ -42,7 +42,11 @@ class FlatIndex(BaseIndex):
 
     def _search(self, xq: np.ndarray, k: int, **params: Any) -> tuple[np.ndarray, np.ndarray]:
         tables = self.codec.lookup_tables(xq, self._codec_metric)
-        D, R = scan_topk_batch(tables, self.codes, self._bias, k)
+        if not self.codec.rerank_decoded:
+            D, R = scan_topk_batch(tables, self.codes, self._bias, k)
+            return D, self._ids_of_rows(R)
+        D, R = scan_topk_batch(tables, self.codes, self._bias, self._decoded_shortlist(k, params.get("k_factor")))
+        D, R = self._rerank_decoded(xq, R, k)
         return D, self._ids_of_rows(R)
 
     def _keep_rows(self, keep: np.ndarray) -> None:

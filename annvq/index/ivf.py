@@ -158,13 +158,18 @@ class IVFIndex(BaseIndex):
                 k_factor: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         nprobe = min(_positive_int(self.nprobe if nprobe is None else nprobe, "nprobe"), self.nlist)
         rerank = self.rerank if rerank is None else bool(rerank)
+        decoded = self.codec.rerank_decoded and not rerank  # exact vectors, when kept, rank better
+        kk = self._decoded_shortlist(k, k_factor) if decoded else k
         k_factor = _positive_int(self.k_factor if k_factor is None else k_factor, "k_factor")
         if rerank and not self.rerank:
             raise InvalidInputError("rerank: this index keeps no exact vectors (build it with rerank=True)")
-        kk = k * k_factor if rerank else k
+        if rerank:
+            kk = k * k_factor
         D, R = self._adc_search(xq, kk, nprobe)
         if rerank:
             D, R = self._rerank(xq, R, k)
+        elif decoded:
+            D, R = self._rerank_decoded(xq, R, k)
         return D, self._ids_of_rows(R)
 
     def _adc_search(self, xq: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
