@@ -1,6 +1,7 @@
 """annvq: approximate nearest-neighbour search with vector quantization."""
 from .errors import (
     AnnvqError,
+    DependencyError,
     DimensionError,
     DuplicateIdError,
     FormatError,
@@ -17,6 +18,7 @@ from .quantizers import (
     AdditiveQuantizer,
     CompositeQuantizer,
     ProductQuantizer,
+    QINCoQuantizer,
     Quantizer,
     ResidualQuantizer,
     ScalarQuantizer,
@@ -26,9 +28,9 @@ from .spec import IndexSpec, index_factory
 __version__ = "0.1.0"
 
 __all__ = [
-    "AnnvqError", "DimensionError", "DuplicateIdError", "FormatError", "InvalidInputError",
+    "AnnvqError", "DependencyError", "DimensionError", "DuplicateIdError", "FormatError", "InvalidInputError",
     "NotTrainedError", "SpecError", "UnknownIdError",
     "BaseIndex", "FlatIndex", "IVFIndex", "KMeans", "Quantizer", "ProductQuantizer", "OPQ", "ScalarQuantizer",
-    "ResidualQuantizer", "AdditiveQuantizer", "CompositeQuantizer",
+    "ResidualQuantizer", "AdditiveQuantizer", "CompositeQuantizer", "QINCoQuantizer",
     "load", "save", "append", "IndexSpec", "index_factory",
 ]

@@ -5,9 +5,10 @@ Grammar (comma-separated parts, case-sensitive like faiss)::
     [IVF<nlist>[_HKM],] [OPQ<M>,] <codec> [,Refine]
 
     codec := PQ<M>[x<nbits>] | SQ<nbits> | RQ<M>x<nbits>[_N<8|32>] | AQ<M>x<nbits>[_N<8|32>] | CQ<M>x<nbits>
+           | QINCo<M>x<nbits>[_N<8|32>]
 
-Examples: ``PQ8x8``, ``OPQ16,PQ16x8``, ``IVF1024,PQ16x8``, ``IVF256_HKM,RQ7x8,Refine``, ``CQ8x8``.
-``_N<bits>`` (the stored norm of a flat RQ/AQ index) is not taken by IVF indexes, which keep exact norms.
+Examples: ``PQ8x8``, ``OPQ16,PQ16x8``, ``IVF1024,PQ16x8``, ``IVF256_HKM,RQ7x8,Refine``, ``CQ8x8``, ``QINCo8x8``.
+``_N<bits>`` (the stored norm of a flat RQ/AQ/QINCo index) is not taken by IVF indexes, which keep exact norms.
 ``_HKM`` selects the tree-structured (hierarchical k-means) coarse quantizer; ``Refine`` keeps the
 exact vectors on disk and re-ranks the top ``k_factor * k`` candidates with them.
 """
@@ -26,10 +27,12 @@ if TYPE_CHECKING:
     from .index.base import BaseIndex
     from .quantizers import Quantizer
 
-CodecKind = Literal["sq", "pq", "opq", "rq", "aq", "cq"]
-ADDITIVE = ("rq", "aq", "cq")
+CodecKind = Literal["sq", "pq", "opq", "rq", "aq", "cq", "qinco"]
+ADDITIVE = ("rq", "aq", "cq", "qinco")
+_CODEC_NAMES = {"qinco": "QINCo"}  # spelling in spec strings where it is not the upper-case kind
+_STORED_NORM = ("rq", "aq", "qinco")  # codecs whose flat indexes store ||x_hat||^2 under L2
 
-_CODEC_RE = re.compile(r"^(PQ|RQ|AQ|CQ)(\d+)(?:x(\d+))?(?:_N(\d+))?$")
+_CODEC_RE = re.compile(r"^(PQ|RQ|AQ|CQ|QINCo)(\d+)(?:x(\d+))?(?:_N(\d+))?$")
 _SQ_RE = re.compile(r"^SQ(\d+)$")
 _IVF_RE = re.compile(r"^IVF(\d+)(_HKM)?$")
 _OPQ_RE = re.compile(r"^OPQ(\d+)$")
@@ -40,10 +43,10 @@ class IndexSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    codec: CodecKind = Field(description="codec: sq, pq, opq, rq, aq or cq")
+    codec: CodecKind = Field(description="codec: sq, pq, opq, rq, aq, cq or qinco")
     M: int = Field(8, ge=1, le=1024, description="number of sub-codes per vector (d for sq)")
     nbits: int = Field(8, ge=1, le=16, description="bits per sub-code")
-    norm_bits: Literal[8, 32] = Field(8, description="bits of the stored ||x||^2 for flat rq/aq indexes under L2 "
+    norm_bits: Literal[8, 32] = Field(8, description="bits of the stored ||x||^2 for flat rq/aq/qinco indexes under L2 "
                                       "(IVF indexes keep it exactly, in memory)")
     nlist: int | None = Field(None, ge=1, le=1 << 20, description="inverted lists; None for a flat (exhaustive) index")
     coarse: Literal["flat", "tree"] = Field("flat", description="coarse quantizer of an IVF index")
@@ -81,7 +84,7 @@ class IndexSpec(BaseModel):
             opq_m = int(m.group(1))
             parts = parts[1:]
         if len(parts) != 1:
-            raise SpecError(f"index spec {text!r}: expected exactly one codec part (PQ, SQ, RQ, AQ or CQ), got {parts}")
+            raise SpecError(f"index spec {text!r}: expected exactly one codec part (PQ, SQ, RQ, AQ, CQ or QINCo), got {parts}")
         part = parts[0]
         if m := _SQ_RE.match(part):
             fields.update(codec="sq", nbits=int(m.group(1)), M=1)
@@ -89,8 +92,8 @@ class IndexSpec(BaseModel):
             kind = m.group(1).lower()
             fields.update(codec=kind, M=int(m.group(2)), nbits=int(m.group(3) or 8))
             if m.group(4):
-                if kind not in ("rq", "aq") or "nlist" in fields:
-                    raise SpecError(f"index spec {text!r}: _N<bits> (stored norm) applies to flat RQ and AQ indexes only")
+                if kind not in _STORED_NORM or "nlist" in fields:
+                    raise SpecError(f"index spec {text!r}: _N<bits> (stored norm) applies to flat RQ, AQ and QINCo indexes only")
                 fields["norm_bits"] = int(m.group(4))
         else:
             raise SpecError(f"index spec {text!r}: cannot parse codec part {part!r}")
@@ -123,8 +126,8 @@ class IndexSpec(BaseModel):
                 parts.append(f"OPQ{self.M}")
             parts.append(f"PQ{self.M}x{self.nbits}")
         else:
-            norm = f"_N{self.norm_bits}" if self.codec in ("rq", "aq") and self.nlist is None else ""
-            parts.append(f"{self.codec.upper()}{self.M}x{self.nbits}{norm}")
+            norm = f"_N{self.norm_bits}" if self.codec in _STORED_NORM and self.nlist is None else ""
+            parts.append(f"{_CODEC_NAMES.get(self.codec, self.codec.upper())}{self.M}x{self.nbits}{norm}")
         if self.rerank:
             parts.append("Refine")
         return ",".join(parts)

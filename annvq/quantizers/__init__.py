@@ -5,8 +5,10 @@ from .base import Quantizer, code_dtype
 from .cq import CompositeQuantizer
 from .opq import OPQ
 from .pq import ProductQuantizer
+from .qinco import QINCoQuantizer
 from .rq import ResidualQuantizer
 from .sq import ScalarQuantizer
 
 __all__ = ["Quantizer", "code_dtype", "ProductQuantizer", "OPQ", "ScalarQuantizer",
-           "AdditiveCodec", "ResidualQuantizer", "AdditiveQuantizer", "CompositeQuantizer"]
+           "AdditiveCodec", "ResidualQuantizer", "AdditiveQuantizer", "CompositeQuantizer",
+           "QINCoQuantizer"]
