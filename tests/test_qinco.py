@@ -102,7 +102,8 @@ def test_numpy_decode_equals_jax_decode():
 
     rng = np.random.default_rng(3)
     q = QINCoQuantizer(D, M, NBITS, n_blocks=2, embed_dim=16, hidden_dim=32)
-    q = random_network(q._set_weights(q._init_weights(rng.normal(size=(M, 16, D)).astype(np.float32), rng)) or q)
+    q._set_weights(q._init_weights(rng.normal(size=(M, 16, D)).astype(np.float32), rng))
+    q = random_network(q)
     codes = rng.integers(0, 16, size=(50, M)).astype(np.int32)
     prefixes = np.asarray(partial_reconstructions({k: jax.numpy.asarray(v) for k, v in q.weights._asdict().items()},
                                                   jax.numpy.asarray(codes)))

@@ -48,7 +48,8 @@ class QINCoQuantizer(AdditiveCodec):
     prefixes: on clustered synthetic data trained with beam codes, weight 0 ended with a 22% lower
     error than weight 1, so 0 is the default. Codewords unused in an epoch are reset
     to residuals of random training vectors. ``epochs=0`` keeps the residual quantizer.
-    ``progress``: show a progress bar (None: only on a terminal).
+    ``progress``: show a progress bar (None: only on a terminal). ``history`` holds the losses of
+    every epoch of the last ``fit`` (validation ones measured with the training beam).
 
     Search re-ranks ``k_factor * k`` ADC candidates by their neural reconstructions.
     """
