@@ -1,6 +1,7 @@
 """annvq: approximate nearest-neighbour search with vector quantization."""
 from .errors import (
     AnnvqError,
+    DependencyError,
     DimensionError,
     DuplicateIdError,
     FormatError,
@@ -18,6 +19,7 @@ from .quantizers import (
     CompositeQuantizer,
     LatticeQuantizer,
     ProductQuantizer,
+    QINCoQuantizer,
     Quantizer,
     ResidualQuantizer,
     ScalarQuantizer,
@@ -27,10 +29,10 @@ from .spec import IndexSpec, index_factory
 __version__ = "0.1.0"
 
 __all__ = [
-    "AnnvqError", "DimensionError", "DuplicateIdError", "FormatError", "InvalidInputError",
+    "AnnvqError", "DependencyError", "DimensionError", "DuplicateIdError", "FormatError", "InvalidInputError",
     "NotTrainedError", "SpecError", "UnknownIdError",
     "BaseIndex", "FlatIndex", "IVFIndex", "KMeans", "Quantizer", "ProductQuantizer", "OPQ", "ScalarQuantizer",
-    "ResidualQuantizer", "AdditiveQuantizer", "CompositeQuantizer", "LatticeQuantizer",
+    "ResidualQuantizer", "AdditiveQuantizer", "CompositeQuantizer", "LatticeQuantizer", "QINCoQuantizer",
     "load", "save", "append", "compact", "migrate", "IndexSpec", "index_factory",
 ]
 

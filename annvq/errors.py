@@ -34,3 +34,7 @@ class FormatError(AnnvqError, OSError):
 
 class SpecError(InvalidInputError):
     """An index specification string or model is invalid."""
+
+
+class DependencyError(AnnvqError, ImportError):
+    """An optional dependency needed for this operation is not installed (e.g. JAX for training QINCo)."""

@@ -5,15 +5,15 @@ Grammar (comma-separated parts, case-sensitive like faiss)::
     [IVF<nlist>[_HKM],] [OPQ<M>,] <codec> [,Refine]
 
     codec := PQ<M>[x<nbits>] | PQ<M>x4fs | SQ<nbits> | RQ<M>x<nbits>[_N<8|32>] | AQ<M>x<nbits>[_N<8|32>]
-           | CQ<M>x<nbits> | LAT<M>[x<nbits>][_Z|_D|_E8][_SPH]
+           | CQ<M>x<nbits> | LAT<M>[x<nbits>][_Z|_D|_E8][_SPH] | QINCo<M>x<nbits>[_N<8|32>]
 
 Examples: ``PQ8x8``, ``OPQ16,PQ16x8``, ``IVF1024,PQ16x8``, ``IVF256_HKM,RQ7x8,Refine``, ``CQ8x8``, ``IVF256,PQ32x4fs``,
-``LAT16x12_E8``. The ``fs`` suffix (4-bit PQ or OPQ only) selects the fast-scan layout: the same codes
+``LAT16x12_E8``, ``QINCo8x8``. The ``fs`` suffix (4-bit PQ or OPQ only) selects the fast-scan layout: the same codes
 packed two per byte in blocks of 32 vectors, scanned with SIMD byte shuffles over uint8-quantised
 tables (:mod:`annvq.index.fastscan`). ``LAT`` is the lattice quantizer: ``_Z``/``_D``/``_E8`` choose the
 lattice (default: E8 for 8 dims per sub-space, else D_n), ``_SPH`` the gain-shape (sphere) variant;
 both are kept in ``options``.
-``_N<bits>`` (the stored norm of a flat RQ/AQ index) is not taken by IVF indexes, which keep exact norms.
+``_N<bits>`` (the stored norm of a flat RQ/AQ/QINCo index) is not taken by IVF indexes, which keep exact norms.
 ``_HKM`` selects the tree-structured (hierarchical k-means) coarse quantizer; ``Refine`` keeps the
 exact vectors on disk and re-ranks the top ``k_factor * k`` candidates with them.
 """
@@ -33,10 +33,12 @@ if TYPE_CHECKING:
     from .index.base import BaseIndex
     from .quantizers import Quantizer
 
-CodecKind = Literal["sq", "pq", "opq", "rq", "aq", "cq", "lat"]
-ADDITIVE = ("rq", "aq", "cq")
+CodecKind = Literal["sq", "pq", "opq", "rq", "aq", "cq", "lat", "qinco"]
+ADDITIVE = ("rq", "aq", "cq", "qinco")
+_CODEC_NAMES = {"qinco": "QINCo"}  # spelling in spec strings where it is not the upper-case kind
+_STORED_NORM = ("rq", "aq", "qinco")  # codecs whose flat indexes store ||x_hat||^2 under L2
 
-_CODEC_RE = re.compile(r"^(PQ|RQ|AQ|CQ)([0-9]+)(?:x([0-9]+)(fs)?)?(?:_N([0-9]+))?$")
+_CODEC_RE = re.compile(r"^(PQ|RQ|AQ|CQ|QINCo)([0-9]+)(?:x([0-9]+)(fs)?)?(?:_N([0-9]+))?$")
 _SQ_RE = re.compile(r"^SQ([0-9]+)$")
 _LAT_RE = re.compile(r"^LAT([0-9]+)(?:x([0-9]+))?(?:_(Z|D|E8))?(_SPH)?$")
 _IVF_RE = re.compile(r"^IVF([0-9]+)(_HKM)?$")
@@ -65,10 +67,10 @@ class IndexSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    codec: CodecKind = Field(description="codec: sq, pq, opq, rq, aq, cq or lat")
+    codec: CodecKind = Field(description="codec: sq, pq, opq, rq, aq, cq, lat or qinco")
     M: WholeNumber = Field(8, ge=1, le=1024, description="number of sub-codes per vector (d for sq)")
     nbits: WholeNumber = Field(8, ge=1, le=16, description="bits per sub-code")
-    norm_bits: Literal[8, 32] = Field(8, description="bits of the stored ||x||^2 for flat rq/aq indexes under L2 "
+    norm_bits: Literal[8, 32] = Field(8, description="bits of the stored ||x||^2 for flat rq/aq/qinco indexes under L2 "
                                       "(IVF indexes keep it exactly, in memory)")
     nlist: WholeNumber | None = Field(None, ge=1, le=1 << 20,
                                       description="inverted lists; None for a flat (exhaustive) index")
@@ -109,7 +111,7 @@ class IndexSpec(BaseModel):
             opq_m = int(m.group(1))
             parts = parts[1:]
         if len(parts) != 1:
-            raise SpecError(f"index spec {text!r}: expected exactly one codec part (PQ, SQ, RQ, AQ, CQ or LAT), got {parts}")
+            raise SpecError(f"index spec {text!r}: expected exactly one codec part (PQ, SQ, RQ, AQ, CQ, LAT or QINCo), got {parts}")
         part = parts[0]
         if m := _SQ_RE.match(part):
             fields.update(codec="sq", nbits=int(m.group(1)), M=1)
@@ -125,8 +127,9 @@ class IndexSpec(BaseModel):
             if m.group(4):
                 fields["fast_scan"] = True
             if m.group(5):
-                if kind not in ("rq", "aq") or "nlist" in fields:
-                    raise SpecError(f"index spec {text!r}: _N<bits> (stored norm) applies to flat RQ and AQ indexes only")
+                if kind not in _STORED_NORM or "nlist" in fields:
+                    raise SpecError(f"index spec {text!r}: _N<bits> (stored norm) applies to flat RQ, AQ and QINCo "
+                                    "indexes only")
                 fields["norm_bits"] = int(m.group(5))
         else:
             raise SpecError(f"index spec {text!r}: cannot parse codec part {part!r}")
@@ -170,8 +173,8 @@ class IndexSpec(BaseModel):
                 parts.append(f"OPQ{self.M}")
             parts.append(f"PQ{self.M}x{self.nbits}" + ("fs" if self.fast_scan else ""))
         else:
-            norm = f"_N{self.norm_bits}" if self.codec in ("rq", "aq") and self.nlist is None else ""
-            parts.append(f"{self.codec.upper()}{self.M}x{self.nbits}{norm}")
+            norm = f"_N{self.norm_bits}" if self.codec in _STORED_NORM and self.nlist is None else ""
+            parts.append(f"{_CODEC_NAMES.get(self.codec, self.codec.upper())}{self.M}x{self.nbits}{norm}")
         if self.rerank:
             parts.append("Refine")
         return ",".join(parts)

@@ -442,7 +442,10 @@ class BaseIndex(ABC):
         rerank = self.rerank if p.rerank is None else p.rerank
         if rerank and not self.rerank:
             raise InvalidInputError("rerank: this index keeps no exact vectors (build it with Refine)")
-        kk = k * (p.k_factor or self.k_factor) if rerank else k
+        # codecs whose tables only approximate decode() (QINCo) re-rank by the decoded vectors instead
+        decoded = self.codec.rerank_decoded and not rerank
+        default_factor = self.k_factor if rerank else getattr(self.codec, "k_factor", 1)
+        kk = k * (p.k_factor or default_factor) if rerank or decoded else k
         # fast-scan ranks by quantised distances: keep twice as many, re-scored exactly by the scan
         depth = 2 * kk if self.fast_scan else kk
         view = self._view()
@@ -450,16 +453,18 @@ class BaseIndex(ABC):
             rd, ri, cnt, thresh = topk_init(xq.shape[0], depth)
             self._scan(xq, view, (rd, ri, cnt, thresh), depth, p)
             D, L = topk_finish_batch(rd, ri, cnt, kk)
-            if rerank:
-                D, L = self._rerank(xq, view, L, k)
+            if rerank or decoded:
+                D, L = self._rerank(xq, view, L, k, exact=rerank)
         I = _ids_of_labels(view, L)
         if self.metric != "l2":
             D = -D
         D[I < 0] = np.inf if self.metric == "l2" else -np.inf
         return D, I
 
-    def _rerank(self, xq: np.ndarray, view: list, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact distances of the candidate labels; the best ``k`` per query."""
+    def _rerank(self, xq: np.ndarray, view: list, labels: np.ndarray, k: int,
+                exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Distances of the candidate labels to their exact vectors (or, ``exact=False``, to their decoded
+        codes); the best ``k`` per query."""
         where = np.full(labels.shape, -1, dtype=np.int64)
         parts, base = [], 0
         segpos = np.where(labels >= 0, labels >> ROW_BITS, -1)
@@ -468,7 +473,7 @@ class BaseIndex(ABC):
             if not mask.any():
                 continue
             rows, inv = np.unique(labels[mask] & ROW_MASK, return_inverse=True)
-            parts.append(seg.read_vectors(rows))
+            parts.append(seg.read_vectors(rows) if exact else self._decode_rows(seg.codes_at(rows), seg.lists_of(rows)))
             where[mask] = base + inv
             base += rows.shape[0]
         vectors = np.concatenate(parts) if parts else np.empty((0, self.d), np.float32)

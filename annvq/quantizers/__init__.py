@@ -6,9 +6,10 @@ from .cq import CompositeQuantizer
 from .lattice import LatticeQuantizer
 from .opq import OPQ
 from .pq import ProductQuantizer
+from .qinco import QINCoQuantizer
 from .rq import ResidualQuantizer
 from .sq import ScalarQuantizer
 
 __all__ = ["Quantizer", "code_dtype", "ProductQuantizer", "OPQ", "ScalarQuantizer",
            "AdditiveCodec", "ResidualQuantizer", "AdditiveQuantizer", "CompositeQuantizer",
-           "LatticeQuantizer"]
+           "LatticeQuantizer", "QINCoQuantizer"]

@@ -30,6 +30,10 @@ class Quantizer(ABC):
     """
 
     kind: ClassVar[str]
+    # True when the ADC tables only approximate decode(): indexes then re-rank the best
+    # ``k_factor * k`` ADC candidates by their exact distance to ``decode(code)``; such a codec
+    # has an int attribute ``k_factor``, the default a search's ``k_factor=`` overrides
+    rerank_decoded: ClassVar[bool] = False
     d: int
     M: int
     nbits: int
