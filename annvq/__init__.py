@@ -1,11 +1,13 @@
 """annvq: approximate nearest-neighbour search with vector quantization."""
 from .errors import (
     AnnvqError,
+    ClusterError,
     DimensionError,
     DuplicateIdError,
     FormatError,
     InvalidInputError,
     NotTrainedError,
+    ShardUnavailableError,
     SpecError,
     UnknownIdError,
 )
@@ -27,7 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AnnvqError", "DimensionError", "DuplicateIdError", "FormatError", "InvalidInputError",
-    "NotTrainedError", "SpecError", "UnknownIdError",
+    "NotTrainedError", "SpecError", "UnknownIdError", "ShardUnavailableError", "ClusterError",
     "BaseIndex", "FlatIndex", "IVFIndex", "KMeans", "Quantizer", "ProductQuantizer", "OPQ", "ScalarQuantizer",
     "ResidualQuantizer", "AdditiveQuantizer", "CompositeQuantizer",
     "load", "save", "append", "compact", "migrate", "IndexSpec", "index_factory",

@@ -34,3 +34,12 @@ class FormatError(AnnvqError, OSError):
 
 class SpecError(InvalidInputError):
     """An index specification string or model is invalid."""
+
+
+class ShardUnavailableError(AnnvqError, RuntimeError):
+    """A shard of a sharded index has no live replica: the request is refused rather than answered in part
+    (a service answers 503)."""
+
+
+class ClusterError(AnnvqError, ConnectionError):
+    """The compute cluster cannot be reached or used (bad scheduler address, no workers, timeout)."""
