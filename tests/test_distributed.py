@@ -203,6 +203,11 @@ def test_build_equals_single_process_add(client, tmp_path):
     got_ids, got_codes, _ = _rows(load_local(out))
     want_ids, want_codes, _ = _rows(_reference(out, x))
     assert np.array_equal(got_ids, np.arange(4500)) and np.array_equal(got_codes, want_codes)
+    # a trained model given instead of a spec: encoded with it, no training
+    again = build(client, [tmp_path / "b.npy"], None, tmp_path / "with-model", model=out / "model", shards=3,
+                  chunk_rows=900, progress=False)
+    assert again.fingerprint == m.fingerprint and again.spec == "IVF16,SQ8" and again.ntotal == 2500
+    assert np.array_equal(_rows(load_local(tmp_path / "with-model"))[1], want_codes[2000:])
     stamp = (out / "index.json").stat().st_mtime_ns
     assert build(client, [tmp_path / "a.fvecs", tmp_path / "b.npy"], "IVF16,SQ8", out, shards=2, virtual_shards=8,
                  train_size=1500, chunk_rows=1000, progress=False) == m
@@ -415,6 +420,51 @@ def test_cli_builds_on_a_scheduler(client, tmp_path):
     assert res.exit_code == 2 and "--resume" in res.output
 
 
+def test_service_registry_swaps_builds_without_downtime(client, tmp_path):
+    from annvq.distributed import ShardedIndexes
+
+    x = _data(3500, seed=21)
+    np.save(tmp_path / "a.npy", x[:3000])
+    np.save(tmp_path / "b.npy", x)
+    build(client, tmp_path / "a.npy", "IVF8,PQ4x8", tmp_path / "blue", shards=2, train_size=1500, progress=False)
+    build(client, tmp_path / "b.npy", "IVF8,PQ4x8", tmp_path / "green", shards=3, train_size=1500, progress=False)
+    xq = _data(20, seed=22)
+    want = _reference(tmp_path / "green", x).search(xq, 10, nprobe=2)
+    served = ShardedIndexes(client, batch_queries=0)
+    try:
+        assert served.load("demo", tmp_path / "blue")["ntotal"] == 3000
+        with pytest.raises(InvalidInputError, match="already served"):
+            served.load("demo", tmp_path / "green")
+        answered, errors, stop = [], [], threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                try:
+                    with served.use("demo") as index:
+                        answered.append(index.search(xq, 10, nprobe=2))
+                except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                    errors.append(exc)
+
+        t = threading.Thread(target=loop)
+        t.start()
+        time.sleep(0.3)
+        facts = served.swap("demo", tmp_path / "green")
+        time.sleep(0.3)
+        stop.set()
+        t.join()
+        assert not errors and len(answered) > 2 and facts["ntotal"] == 3500 and len(facts["shards"]) == 3
+        _assert_same(answered[-1], want, "l2")
+        with served.writing("demo") as index:
+            index.add(x[:2], [10**6, 10**6 + 1])
+        with served.use("demo") as index:
+            assert index.ntotal == 3502
+        served.drop("demo")
+        with pytest.raises(KeyError), served.use("demo"):
+            pass
+    finally:
+        served.close()
+
+
 # --- faults (these kill workers; keep them last) -------------------------------------------------
 def _worker_pids(client) -> dict[str, int]:
     return client.run(os.getpid)
@@ -479,5 +529,10 @@ def test_shard_without_live_replica_is_an_error_never_partial(client, tmp_path):
         with pytest.raises(ShardUnavailableError, match="shard 1 has no live replica"):
             for _ in range(50):  # the loss is noticed by the first call that reaches the dead worker
                 index.search(xq, 5)
+        if index.live_replicas()[1] == 0:  # until the nanny has restarted the worker: refused at once, reported
+            with pytest.raises(ShardUnavailableError):
+                index.search(xq, 5)
+            facts = index.info()
+            assert not facts["available"] and not facts["shards"][1]["available"] and facts["shards"][0]["available"]
         assert _wait(lambda: index.live_replicas() == [1, 1])  # re-created once the nanny restarted the worker
         assert index.search(xq, 5)[1].shape == (20, 5)

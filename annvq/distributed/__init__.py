@@ -9,6 +9,7 @@ the core library never imports dask. What does not talk to a cluster — the man
   manifest atomically; resumable.
 * :class:`ShardedIndex` — shards held by Dask actors with R replicas on distinct workers; a router
   with the ``search`` / ``info`` / ``add`` / ``remove`` surface of a local index.
+* :class:`ShardedIndexes` — named sharded indexes for a service: load, blue/green swap, drop.
 * :func:`load_local` — every shard of a build as one local index.
 * :func:`connect` / :func:`local_cluster` — a client of a scheduler address (or ``$ANNVQ_SCHEDULER``)
   with a clear error when it cannot be reached; a cluster of local worker processes.
@@ -21,11 +22,12 @@ from .hashing import splitmix64, virtual_shard
 from .local import load_local
 from .manifest import ShardedManifest, read_manifest
 
-_NEEDS_DASK = {"build": ".builder", "ShardedIndex": ".router", "merge_topk": ".router", "connect": ".cluster",
-               "local_cluster": ".cluster"}
+_NEEDS_DASK = {"build": ".builder", "ShardedIndex": ".router", "ShardedIndexes": ".serving", "merge_topk": ".router",
+               "connect": ".cluster", "local_cluster": ".cluster"}
 
 __all__ = [
     "ShardedIndex",
+    "ShardedIndexes",
     "ShardedManifest",
     "build",
     "connect",

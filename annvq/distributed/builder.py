@@ -37,7 +37,13 @@ from typing import Any
 import numpy as np
 
 from .. import storage
-from ..errors import AnnvqError, DimensionError, FormatError, InvalidInputError
+from ..errors import (
+    AnnvqError,
+    DimensionError,
+    FormatError,
+    InvalidInputError,
+    SpecError,
+)
 from ..index.base import BaseIndex, positive_int
 from ..spec import as_spec, index_factory
 from .hashing import virtual_shard
@@ -55,11 +61,11 @@ _SAMPLE_GAP = 256  # sampled rows closer than this are read with one contiguous 
 _MODELS: dict[tuple[str, str], BaseIndex] = {}  # per worker process: trained models by (path, fingerprint)
 
 
-def build(client: Any, sources: str | os.PathLike | Sequence[str | os.PathLike], spec: str, out: str | os.PathLike,
-          *, shards: int = 1, virtual_shards: int = 256, metric: str = "l2", ids: Sequence[Any] | None = None,
-          learn: str | os.PathLike | None = None, train_size: int = 100_000, chunk_rows: int = 262_144,
-          seed: int = 0, layout: str = "ids", progress: bool = True, keep_parts: bool = False,
-          force: bool = False) -> ShardedManifest:
+def build(client: Any, sources: str | os.PathLike | Sequence[str | os.PathLike], spec: str | None,
+          out: str | os.PathLike, *, shards: int = 1, virtual_shards: int = 256, metric: str | None = None,
+          ids: Sequence[Any] | None = None, learn: str | os.PathLike | None = None, train_size: int = 100_000,
+          chunk_rows: int = 262_144, seed: int = 0, layout: str = "ids", model: str | os.PathLike | None = None,
+          progress: bool = True, keep_parts: bool = False, force: bool = False) -> ShardedManifest:
     """Build a sharded index of ``sources`` on the Dask cluster of ``client`` into directory ``out``.
 
     ``sources``: vector files (.fvecs, .bvecs, .npy, ann-benchmarks .hdf5) on storage every worker
@@ -68,6 +74,9 @@ def build(client: Any, sources: str | os.PathLike | Sequence[str | os.PathLike],
     virtual ones each by contiguous blocks; ``layout="lists"`` places vectors by inverted list
     instead (IVF only; see :class:`~annvq.distributed.ShardedIndex`'s ``route``). The sample of
     ``train_size`` rows comes from ``learn`` when given. Tasks encode ``chunk_rows`` rows each.
+    ``model``: a trained index directory (say, the ``model`` of an earlier build) to encode with
+    instead of training one; its spec and metric apply (``spec`` and ``metric`` may be None).
+    ``metric`` defaults to "l2".
 
     Reruns resume (see the module docstring); ``force`` first deletes a previous build at ``out``.
     Returns the published manifest.
@@ -80,15 +89,29 @@ def build(client: Any, sources: str | os.PathLike | Sequence[str | os.PathLike],
     train_size, chunk_rows = positive_int(train_size, "train_size"), positive_int(chunk_rows, "chunk_rows")
     if layout not in ("ids", "lists"):
         raise InvalidInputError(f"layout must be 'ids' or 'lists', got {layout!r}")
-    spec_s = as_spec(spec).to_string()
     out = Path(out).absolute()
+    given = None
+    if model is not None:
+        model = str(Path(model).absolute())
+        given = client.submit(_describe_model, model, pure=False).result()
+        if spec is not None and as_spec(spec).to_string() != given["spec"]:
+            raise SpecError(f"spec {spec} differs from the spec {given['spec']} of the model at {model}")
+        if metric is not None and metric != given["metric"]:
+            raise InvalidInputError(f"metric {metric} differs from the metric {given['metric']} of the model at "
+                                    f"{model}")
+        spec, metric = given["spec"], given["metric"]
+    if spec is None:
+        raise SpecError("build: an index spec (or a trained model) is required")
+    spec_s = as_spec(spec).to_string()
     shapes = client.gather([client.submit(_probe, p, pure=False) for p in srcs])
     dims = {d for _, d in shapes}
     if len(dims) != 1:
         raise DimensionError(f"build: input files have different dimensions {sorted(dims)}: "
                              f"{', '.join(f'{p} (d={d})' for p, (_, d) in zip(srcs, shapes))}")
     d = dims.pop()
-    model0 = index_factory(d, spec_s, metric)  # checks spec, metric and d before any work
+    if given is not None and given["d"] != d:
+        raise DimensionError(f"build: the input files have d={d}, the model at {model} d={given['d']}")
+    model0 = index_factory(d, spec_s, metric or "l2")  # checks spec, metric and d before any work
     if layout == "lists":
         if model0.nlist == 1:
             raise InvalidInputError(f"layout 'lists' needs an IVF index; {spec_s} has no inverted lists")
@@ -100,11 +123,15 @@ def build(client: Any, sources: str | os.PathLike | Sequence[str | os.PathLike],
     learn_s = None if learn is None else str(Path(learn).absolute())
     params = {"sources": srcs, "rows": counts, "d": d, "spec": spec_s, "metric": model0.metric,
               "shards": shards, "virtual_shards": virtual_shards, "layout": layout, "train_size": train_size,
-              "chunk_rows": chunk_rows, "seed": seed, "learn": learn_s, "ids": _ids_digest(id_args)}
+              "chunk_rows": chunk_rows, "seed": seed, "learn": learn_s, "ids": _ids_digest(id_args),
+              "model": None if given is None else given["fingerprint"]}
     done = client.submit(_prepare_out, str(out), params, force, pure=False).result()
     if done is not None:
         return ShardedManifest.model_validate(done)
-    fingerprint, hist = _train(client, out, params, srcs, counts, learn_s)
+    if given is not None:
+        fingerprint, hist = client.submit(_import_model, str(out), model, _key(params), pure=False).result()
+    else:
+        fingerprint, hist = _train(client, out, params, srcs, counts, learn_s)
     vmap = _vshard_map(virtual_shards, shards, None if layout == "ids" else np.asarray(hist))
     vmap_f = client.scatter(vmap, broadcast=True)
     ranges = [(s, a, min(a + chunk_rows, n)) for s, n in enumerate(counts) for a in range(0, n, chunk_rows)]
@@ -333,6 +360,26 @@ def _train_model(out: str, spec: str, d: int, metric: str, key: str, *samples: n
     storage.save(index, tmp, metadata={"build": key, "list_sizes": sizes})
     _publish_dir(tmp, final)
     return index.fingerprint(), sizes
+
+
+def _describe_model(path: str) -> dict[str, Any]:
+    index = storage.load(path)
+    if not index.is_trained:
+        raise InvalidInputError(f"{path}: the model must be a trained index")
+    return {"spec": as_spec(index.spec).to_string() if index.spec else None, "metric": index.metric, "d": index.d,
+            "fingerprint": index.fingerprint()}
+
+
+def _import_model(out: str, path: str, key: str) -> tuple[str, list[int] | None]:
+    """Store the trained model at ``path`` (without its vectors) as the build's ``out/model``."""
+    index = storage.load(path)
+    sizes = index.list_sizes().tolist() if index.nlist > 1 and index.ntotal else None
+    empty = BaseIndex.from_state(*index.model_state())
+    final = Path(out) / "model"
+    tmp = _tmp_dir(final)
+    storage.save(empty, tmp, metadata={"build": key, "list_sizes": sizes})
+    _publish_dir(tmp, final)
+    return empty.fingerprint(), sizes
 
 
 def _model(out: str, fingerprint: str) -> BaseIndex:

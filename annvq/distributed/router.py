@@ -288,16 +288,26 @@ class ShardedIndex:
     def info(self) -> dict[str, Any]:
         """Facts for humans and services: the model's, the sum over shards (ntotal, memory of one copy
         and of all replicas), and every shard with its replicas and their health."""
-        shard_facts = self._all("info")
+        try:
+            shard_facts: list[Any] = self._all("info")
+        except ShardUnavailableError:
+            shard_facts = []
+            for sh in self._shards:
+                try:
+                    shard_facts.append(self._call(sh, "info"))
+                except ShardUnavailableError:
+                    shard_facts.append(None)
         shards = []
         for sh, facts in zip(self._shards, shard_facts):
-            sh.ntotal = facts["ntotal"]
             reps = [{"worker": r.worker, "alive": r.alive, "outstanding": r.outstanding, "logger": r is sh.logger}
                     for r in sh.replicas]
-            shards.append({"shard": sh.number, "path": sh.entry.path, "ntotal": facts["ntotal"],
-                           "memory_bytes": facts["memory_bytes"], "segments": facts["segments"],
-                           "deleted": facts["deleted"], "lsn": facts["lsn"], "replicas": reps,
-                           "live_replicas": sum(r.alive for r in sh.replicas)})
+            entry = {"shard": sh.number, "path": sh.entry.path, "available": facts is not None, "replicas": reps,
+                     "live_replicas": sum(r.alive for r in sh.replicas), "ntotal": sh.ntotal, "memory_bytes": 0,
+                     "segments": 0, "deleted": 0, "lsn": None}
+            if facts is not None:
+                sh.ntotal = facts["ntotal"]
+                entry.update({k: facts[k] for k in ("ntotal", "memory_bytes", "segments", "deleted", "lsn")})
+            shards.append(entry)
         one_copy = sum(s["memory_bytes"] for s in shards)
         return {"type": f"sharded-{self.index_type}", "spec": self.spec, "metric": self.metric, "d": self.d,
                 "trained": True, "ntotal": sum(s["ntotal"] for s in shards), "code_size": self.code_size,
@@ -307,7 +317,9 @@ class ShardedIndex:
                     s["memory_bytes"] * s["live_replicas"] for s in shards),
                 "shards": shards, "replicas": self.replicas, "layout": self.manifest.layout, "route": self.route,
                 "virtual_shards": self.manifest.virtual_shards, "fingerprint": self.manifest.fingerprint,
-                "manifest": str(self.path), "recreated_replicas": self.recreated}
+                "manifest": str(self.path), "recreated_replicas": self.recreated,
+                "healthy": all(s["live_replicas"] == self.replicas for s in shards),
+                "available": all(s["available"] for s in shards)}
 
     def memory_usage(self) -> dict[str, int]:
         """Bytes held by one copy of every shard (``total``), as a local index reports it."""
@@ -435,10 +447,9 @@ class ShardedIndex:
     def _scatter(self, calls: list[tuple[_Shard, tuple]], method: str) -> list[Any]:
         """One call of ``method`` per (shard, arguments), all in flight at once; each retried on other
         replicas if its replica is lost."""
-        for sh, _ in calls:
-            with self._lock:
-                if not any(r.alive for r in sh.replicas):
-                    self._pick(sh, [])  # raises ShardUnavailableError naming the shard
+        for sh, _ in calls:  # refuse before any call when a shard is known to be down
+            if not any(r.alive for r in sh.replicas):
+                self._done(self._pick(sh, []))  # raises ShardUnavailableError naming the shard
         started = []
         try:
             for sh, args in calls:
