@@ -64,12 +64,15 @@ from .shard import ShardServer
 
 log = logging.getLogger("annvq.distributed")
 _MAX_ID = np.iinfo(np.int64).max
+_SMALL = 8  # query batches up to this size are searched on the shard worker's event loop
+_RECREATE_TIMEOUT = 30.0  # seconds to wait for a re-created replica before trying again elsewhere
 
 
 @dataclass(eq=False)
 class _Replica:
     shard: int
     worker: str
+    worker_id: str  # the worker process's unique id: a restarted worker may come back at the same address
     future: Any  # the actor's Dask future; holding it keeps the actor alive
     actor: Any
     outstanding: int = 0
@@ -115,6 +118,17 @@ def merge_topk(Ds: list[np.ndarray], Is: list[np.ndarray], k: int, descending: b
     return D, I, origin
 
 
+async def _settle(futures: list[Any], timeout: float) -> list[Any]:
+    """Await every actor call (on the client's event loop): results, or the exception each raised
+    (TimeoutError past ``timeout`` seconds)."""
+    import asyncio
+
+    async def one(f: Any) -> Any:
+        return await f
+
+    return await asyncio.gather(*(asyncio.wait_for(one(f), timeout) for f in futures), return_exceptions=True)
+
+
 class _Request:
     __slots__ = ("exact", "future", "k", "params", "xq")
 
@@ -127,8 +141,9 @@ class _Request:
 
 
 class _Batcher:
-    """Batches small search requests: a request goes out at once when a call slot is free; requests
-    arriving while every slot is busy (or within ``wait`` seconds) are merged into one call."""
+    """Batches small search requests: a request goes out at once, from the caller's thread, when a call
+    slot is free and nothing waits; requests arriving while every slot is busy are merged into one
+    call (after waiting up to ``wait`` seconds for more company)."""
 
     def __init__(self, run: Any, slots: int, max_queries: int, wait: float) -> None:
         self._run, self._max, self._wait = run, max_queries, wait
@@ -138,9 +153,14 @@ class _Batcher:
         self._thread = threading.Thread(target=self._loop, name="annvq-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, req: _Request) -> Future:
+    def search(self, req: _Request) -> tuple[np.ndarray, np.ndarray]:
+        if self._q.empty() and self._slots.acquire(blocking=False):
+            try:
+                return self._run(req.xq, req.k, req.params, req.exact)
+            finally:
+                self._slots.release()
         self._q.put(req)
-        return req.future
+        return req.future.result()
 
     def close(self) -> None:
         self._q.put(None)
@@ -326,8 +346,10 @@ class ShardedIndex:
         return {"total": sum(f["memory_bytes"] for f in self._all("info"))}
 
     # --- placement and repair ------------------------------------------------------------------
-    def _workers(self) -> list[str]:
-        return sorted(self.client.scheduler_info()["workers"])
+    def _workers(self) -> dict[str, str]:
+        """Live workers: address -> unique worker id."""
+        info = self.client.scheduler_info()["workers"]
+        return {addr: str(w.get("id", addr)) for addr, w in sorted(info.items())}
 
     def _new_actor(self, shard: _Shard, worker: str) -> Any:
         key = f"annvq-shard-{shard.number}-{uuid.uuid4().hex[:12]}"
@@ -339,14 +361,15 @@ class ShardedIndex:
         workers = self._workers()
         if len(workers) < self.replicas:
             raise ClusterError(f"replicas={self.replicas} needs as many workers; the cluster has {len(workers)}")
+        addrs = list(workers)
         pending = []
         for sh in self._shards:
             for r in range(self.replicas):
-                w = workers[(sh.number + r) % len(workers)]
+                w = addrs[(sh.number + r) % len(addrs)]
                 pending.append((sh, w, self._new_actor(sh, w)))
         try:
             for sh, w, fut in pending:
-                sh.replicas.append(_Replica(sh.number, w, fut, fut.result(timeout=self.start_timeout)))
+                sh.replicas.append(_Replica(sh.number, w, workers[w], fut, fut.result(timeout=self.start_timeout)))
         except BaseException:
             for _, _, fut in pending:
                 fut.release()
@@ -389,17 +412,17 @@ class ShardedIndex:
         workers = self._workers()
         with self._lock:
             taken = {r.worker for r in sh.replicas if r.alive}
-        free = [w for w in workers if w not in taken]
+        # not the lost worker itself (the scheduler may still list it), but a restart of it is welcome
+        free = [w for w, wid in workers.items() if w not in taken and (w, wid) != (rep.worker, rep.worker_id)]
         if not free:
             return False
-        worker = min(free, key=lambda w: (w == rep.worker, sum(r.worker == w and r.alive for s in self._shards
-                                                              for r in s.replicas)))
+        worker = min(free, key=lambda w: sum(r.worker == w and r.alive for s in self._shards for r in s.replicas))
         fut = self._new_actor(sh, worker)
         try:
-            actor = fut.result(timeout=self.start_timeout)
+            actor = fut.result(timeout=min(self.start_timeout, _RECREATE_TIMEOUT))
             with sh.write_lock:  # no write slips between its catching up and its joining
                 actor.catch_up().result(timeout=self.call_timeout)
-                new = _Replica(sh.number, worker, fut, actor)
+                new = _Replica(sh.number, worker, workers[worker], fut, actor)
                 with self._lock:
                     sh.replicas[sh.replicas.index(rep)] = new
         except BaseException:
@@ -458,22 +481,31 @@ class ShardedIndex:
             for rep, _ in started:
                 self._done(rep)
             raise
-        out = []
-        pending = list(zip(calls, started))
-        try:
-            while pending:
-                (sh, args), (rep, fut) = pending.pop(0)
-                out.append(self._call_done(sh, method, args, rep, fut))
-        except BaseException:
-            for _, (rep, _) in pending:
-                self._done(rep)
-            raise
+        settled = self.client.sync(_settle, [f for _, f in started], self.call_timeout)
+        for rep, _ in started:
+            self._done(rep)
+        out, error = [], None
+        for (sh, args), (rep, _), res in zip(calls, started, settled):
+            if isinstance(res, BaseException):
+                if _lost(res):
+                    self._failed(rep, res)
+                    if error is None:
+                        try:
+                            res = self._retry(sh, method, args, [rep])
+                        except BaseException as exc:  # noqa: BLE001 - raised once every call is settled
+                            error = exc
+                elif error is None:
+                    error = res
+            out.append(res)
+        if error is not None:
+            raise error
         return out
 
-    def _call_done(self, sh: _Shard, method: str, args: tuple, rep: _Replica, fut: Any) -> Any:
-        """The result of a started call, retried on the shard's other live replicas while replicas are lost."""
-        tried = [rep]
+    def _retry(self, sh: _Shard, method: str, args: tuple, tried: list[_Replica]) -> Any:
+        """``method`` on the shard's live replicas not tried yet, one after another, until one answers."""
         while True:
+            rep, fut = self._start(sh, method, args, tried)
+            tried.append(rep)
             try:
                 return fut.result(timeout=self.call_timeout)
             except BaseException as exc:
@@ -482,8 +514,6 @@ class ShardedIndex:
                 self._failed(rep, exc)
             finally:
                 self._done(rep)
-            rep, fut = self._start(sh, method, args, tried)
-            tried.append(rep)
 
     def _call(self, sh: _Shard, method: str, *args: Any) -> Any:
         return self._scatter([(sh, args)], method)[0]
@@ -507,7 +537,7 @@ class ShardedIndex:
             raise InvalidInputError("rerank: this index keeps no exact vectors (build it with Refine)")
         pd = p.model_dump(exclude_none=True)
         if self._batcher is not None and raw.shape[0] <= self._batch_queries and not self._closed.is_set():
-            return self._batcher.submit(_Request(raw, k, pd, bool(exact))).result()
+            return self._batcher.search(_Request(raw, k, pd, bool(exact)))
         return self._search_now(raw, k, pd, bool(exact))
 
     def _search_now(self, xq: np.ndarray, k: int, pd: dict[str, Any], exact: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -535,7 +565,8 @@ class ShardedIndex:
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Merged top ``k`` of every shard asked, with the shard each result came from."""
         targets = self._targets(xq, pd)
-        results = self._scatter([(sh, (xq if rows is None else xq[rows], k, pd)) for sh, rows in targets], "search")
+        method = "search_small" if xq.shape[0] <= _SMALL else "search"
+        results = self._scatter([(sh, (xq if rows is None else xq[rows], k, pd)) for sh, rows in targets], method)
         desc = self.metric != "l2"
         nq = xq.shape[0]
         Ds, Is = [], []
