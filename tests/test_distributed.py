@@ -465,6 +465,16 @@ def test_service_registry_swaps_builds_without_downtime(client, tmp_path):
         served.close()
 
 
+@pytest.mark.slow
+def test_example_runs_scheduler_workers_build_and_service(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, str(root / "examples" / "scaleout_local.py"), "--n", "3000", "--keep",
+                          str(tmp_path / "work")], check=False, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert res.returncode == 0 and res.stdout.strip().endswith("OK"), res.stdout[-2000:] + res.stderr[-4000:]
+    assert "same results as the sharded index" in res.stdout
+
+
 # --- faults (these kill workers; keep them last) -------------------------------------------------
 def _worker_pids(client) -> dict[str, int]:
     return client.run(os.getpid)
