@@ -112,11 +112,13 @@ def _merged(index: BaseIndex, segs: list[Segment]) -> Segment:
                                f"{', '.join(map(str, uniq[counts > 1][:10]))}")
     lists = np.concatenate([s.lists()[r] for s, r in zip(segs, live)])
     order = np.argsort(lists, kind="stable")
-    cols: dict[str, Any] = {"ids": ids[order], "codes": np.concatenate([s.codes[r] for s, r in zip(segs, live)])[order],
-                            "offsets": np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=index.nlist))])
-                            .astype(np.int64)}
-    if segs[0].norms is not None:
-        cols["norms"] = np.concatenate([s.norms[r] for s, r in zip(segs, live)])[order]
-    if segs[0].vectors is not None:
-        cols["vectors"] = _ConcatVectors([s.vectors for s in segs], live, order, index.d)
-    return index.segment_from_columns(1, cols, np.empty(0, np.int64))
+
+    def cat(column: Callable[[Segment], np.ndarray]) -> np.ndarray:
+        return np.concatenate([column(s)[r] for s, r in zip(segs, live)])[order]
+
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=index.nlist))]).astype(np.int64)
+    # the sources were verified on loading and their scan biases computed: carried over, not recomputed
+    bias = cat(lambda s: s.bias) if index._needs_bias() else np.empty(0, np.float32)
+    norms = cat(lambda s: s.norms) if segs[0].norms is not None else None
+    vectors = _ConcatVectors([s.vectors for s in segs], live, order, index.d) if segs[0].vectors is not None else None
+    return Segment(1, ids[order], cat(lambda s: s.codes), offsets, bias, norms, vectors)
