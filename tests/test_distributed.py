@@ -14,7 +14,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,6 +77,39 @@ def _reference(out: Path, x: np.ndarray, ids: np.ndarray | None = None) -> BaseI
     ref = BaseIndex.from_state(*model.model_state())
     ref.add(x, ids)
     return ref
+
+
+def _built(client, tmp_path: Path, n: int, seed: int, spec: str, **kw) -> tuple[np.ndarray, Path, Any]:
+    """``n`` vectors written to x.npy and built into ``out`` (train on half of them by default); the
+    data, the build directory and the build's manifest."""
+    x = _data(n, seed=seed)
+    np.save(tmp_path / "x.npy", x)
+    kw.setdefault("train_size", n // 2)
+    m = build(client, tmp_path / "x.npy", spec, tmp_path / "out", progress=False, **kw)
+    return x, tmp_path / "out", m
+
+
+@contextmanager
+def _searching(search: Callable[[], Any]) -> Iterator[tuple[list, list]]:
+    """``search()`` over and over in a thread while the block runs: yields the answers and the errors."""
+    answered: list = []
+    errors: list = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                answered.append(search())
+            except Exception as exc:  # noqa: BLE001 - collected for the test's assertions
+                errors.append(exc)
+
+    t = threading.Thread(target=loop)
+    t.start()
+    try:
+        yield answered, errors
+    finally:
+        stop.set()
+        t.join()
 
 
 def _rows(index: BaseIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -261,11 +297,8 @@ SEARCH_CASES = [  # spec, metric, shards, replicas: every codec, metric, S and R
 
 @pytest.mark.parametrize("spec,metric,shards,replicas", SEARCH_CASES)
 def test_sharded_search_equals_single_index(client, tmp_path, spec, metric, shards, replicas):
-    x = _data(3000, seed=3)
-    np.save(tmp_path / "x.npy", x)
-    out = tmp_path / "out"
-    build(client, tmp_path / "x.npy", spec, out, shards=shards, virtual_shards=12, metric=metric, train_size=1500,
-          chunk_rows=1100, progress=False)
+    x, out, _ = _built(client, tmp_path, 3000, 3, spec, shards=shards, virtual_shards=12, metric=metric,
+                       chunk_rows=1100)
     ref = _reference(out, x)
     xq = _data(60, seed=4)
     params = {"nprobe": 4} if spec.startswith("IVF") else {}
@@ -287,11 +320,8 @@ def test_sharded_search_equals_single_index(client, tmp_path, spec, metric, shar
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_refine_exact_is_identical_and_default_recall_is_at_least_single(client, tmp_path, metric):
-    x = _data(4000, seed=5)
-    np.save(tmp_path / "x.npy", x)
-    out = tmp_path / "out"
-    build(client, tmp_path / "x.npy", "IVF16,PQ4x4,Refine", out, shards=3, virtual_shards=9, metric=metric,
-          train_size=2000, chunk_rows=1500, progress=False)
+    x, out, _ = _built(client, tmp_path, 4000, 5, "IVF16,PQ4x4,Refine", shards=3, virtual_shards=9, metric=metric,
+                       chunk_rows=1500)
     ref = _reference(out, x)
     xq = _data(80, seed=6)
     gt = knn_groundtruth(x, xq, 10, metric=metric)[1]
@@ -308,11 +338,7 @@ def test_refine_exact_is_identical_and_default_recall_is_at_least_single(client,
 
 
 def test_split_by_list_routing_equals_single_index(client, tmp_path):
-    x = _data(3000, seed=7)
-    np.save(tmp_path / "x.npy", x)
-    out = tmp_path / "out"
-    m = build(client, tmp_path / "x.npy", "IVF16,PQ4x8", out, shards=3, layout="lists", train_size=1500,
-              chunk_rows=1000, progress=False)
+    x, out, m = _built(client, tmp_path, 3000, 7, "IVF16,PQ4x8", shards=3, layout="lists", chunk_rows=1000)
     assert m.layout == "lists" and m.virtual_shards == 16
     ref = _reference(out, x)
     lists = ref.list_of(np.arange(3000))
@@ -329,10 +355,7 @@ def test_split_by_list_routing_equals_single_index(client, tmp_path):
 
 
 def test_small_requests_are_batched_and_answered(client, tmp_path):
-    x = _data(3000, seed=10)
-    np.save(tmp_path / "x.npy", x)
-    out = tmp_path / "out"
-    build(client, tmp_path / "x.npy", "IVF16,PQ4x8", out, shards=2, train_size=1500, progress=False)
+    x, out, _ = _built(client, tmp_path, 3000, 10, "IVF16,PQ4x8", shards=2)
     ref = _reference(out, x)
     xq = _data(64, seed=11)
     want = ref.search(xq, 5, nprobe=4)
@@ -354,11 +377,7 @@ def test_small_requests_are_batched_and_answered(client, tmp_path):
 
 # --- writes -----------------------------------------------------------------------------------------
 def test_writes_are_routed_logged_and_survive_a_restart(client, tmp_path):
-    x = _data(3000, seed=12)
-    np.save(tmp_path / "x.npy", x)
-    out = tmp_path / "out"
-    build(client, tmp_path / "x.npy", "IVF16,SQ8", out, shards=3, virtual_shards=12, train_size=1500,
-          progress=False)
+    x, out, _ = _built(client, tmp_path, 3000, 12, "IVF16,SQ8", shards=3, virtual_shards=12)
     ref = _reference(out, x)
     rng = np.random.default_rng(13)
     new = _data(200, seed=14)
@@ -435,23 +454,14 @@ def test_service_registry_swaps_builds_without_downtime(client, tmp_path):
         assert served.load("demo", tmp_path / "blue")["ntotal"] == 3000
         with pytest.raises(InvalidInputError, match="already served"):
             served.load("demo", tmp_path / "green")
-        answered, errors, stop = [], [], threading.Event()
+        def search() -> tuple[np.ndarray, np.ndarray]:
+            with served.use("demo") as index:
+                return index.search(xq, 10, nprobe=2)
 
-        def loop() -> None:
-            while not stop.is_set():
-                try:
-                    with served.use("demo") as index:
-                        answered.append(index.search(xq, 10, nprobe=2))
-                except Exception as exc:  # noqa: BLE001 - collected for the assertion
-                    errors.append(exc)
-
-        t = threading.Thread(target=loop)
-        t.start()
-        time.sleep(0.3)
-        facts = served.swap("demo", tmp_path / "green")
-        time.sleep(0.3)
-        stop.set()
-        t.join()
+        with _searching(search) as (answered, errors):
+            time.sleep(0.3)
+            facts = served.swap("demo", tmp_path / "green")
+            time.sleep(0.3)
         assert not errors and len(answered) > 2 and facts["ntotal"] == 3500 and len(facts["shards"]) == 3
         _assert_same(answered[-1], want, "l2")
         with served.writing("demo") as index:
@@ -490,33 +500,18 @@ def _wait(predicate, timeout: float = 90.0) -> bool:
 
 
 def test_worker_killed_during_searches_with_two_replicas(client, tmp_path):
-    x = _data(3000, seed=17)
-    np.save(tmp_path / "x.npy", x)
-    out = tmp_path / "out"
-    build(client, tmp_path / "x.npy", "IVF16,PQ4x8", out, shards=2, train_size=1500, progress=False)
+    x, out, _ = _built(client, tmp_path, 3000, 17, "IVF16,PQ4x8", shards=2)
     ref = _reference(out, x)
     xq = _data(50, seed=18)
     want = ref.search(xq, 10, nprobe=4)
     with ShardedIndex(client, out, replicas=2, batch_queries=0) as index:
         victim = index.info()["shards"][0]["replicas"][0]["worker"]
         pid = _worker_pids(client)[victim]
-        answered, errors, stop = [], [], threading.Event()
-
-        def loop() -> None:
-            while not stop.is_set():
-                try:
-                    answered.append(index.search(xq, 10, nprobe=4))
-                except Exception as exc:  # noqa: BLE001 - collected for the assertion
-                    errors.append(exc)
-
-        t = threading.Thread(target=loop)
-        t.start()
-        time.sleep(0.5)
-        before = len(answered)
-        os.kill(pid, signal.SIGKILL)
-        time.sleep(2.0)
-        stop.set()
-        t.join()
+        with _searching(lambda: index.search(xq, 10, nprobe=4)) as (answered, errors):
+            time.sleep(0.5)
+            before = len(answered)
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(2.0)
         assert not errors and before > 0 and len(answered) > before
         for got in answered:
             _assert_same(got, want, "l2")
@@ -527,10 +522,7 @@ def test_worker_killed_during_searches_with_two_replicas(client, tmp_path):
 
 
 def test_shard_without_live_replica_is_an_error_never_partial(client, tmp_path):
-    x = _data(2000, seed=19)
-    np.save(tmp_path / "x.npy", x)
-    out = tmp_path / "out"
-    build(client, tmp_path / "x.npy", "IVF8,PQ4x8", out, shards=2, train_size=1000, progress=False)
+    _, out, _ = _built(client, tmp_path, 2000, 19, "IVF8,PQ4x8", shards=2)
     xq = _data(20, seed=20)
     with ShardedIndex(client, out, replicas=1, batch_queries=0) as index:
         index.search(xq, 5)
