@@ -250,6 +250,21 @@ def test_build_equals_single_process_add(client, tmp_path):
     assert (out / "index.json").stat().st_mtime_ns == stamp
 
 
+def test_build_reads_bvecs_and_hdf5(client, tmp_path):
+    from annvq.datasets import save_annb, write_bvecs
+
+    x = np.clip(np.round(_data(2500, seed=23) * 8 + 128), 0, 255).astype(np.float32)
+    write_bvecs(tmp_path / "x.bvecs", x[:1200])
+    save_annb(tmp_path / "x.hdf5", x[1200:], x[:3], np.zeros((3, 1), np.int64), np.zeros((3, 1)))
+    out = tmp_path / "out"
+    m = build(client, [tmp_path / "x.bvecs", tmp_path / "x.hdf5"], "IVF8,PQ4x8", out, shards=2, train_size=1000,
+              chunk_rows=500, progress=False)
+    assert m.ntotal == 2500
+    got_ids, got_codes, _ = _rows(load_local(out))
+    want_ids, want_codes, _ = _rows(_reference(out, x))
+    assert np.array_equal(got_ids, want_ids) and np.array_equal(got_codes, want_codes)
+
+
 def test_build_resumes_and_refuses_mixed_models(client, tmp_path):
     x = _data(3000, seed=2)
     np.save(tmp_path / "x.npy", x)
