@@ -1,12 +1,14 @@
 """annvq: approximate nearest-neighbour search with vector quantization."""
 from .errors import (
     AnnvqError,
+    ClusterError,
     DependencyError,
     DimensionError,
     DuplicateIdError,
     FormatError,
     InvalidInputError,
     NotTrainedError,
+    ShardUnavailableError,
     SpecError,
     UnknownIdError,
 )
@@ -30,7 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AnnvqError", "DependencyError", "DimensionError", "DuplicateIdError", "FormatError", "InvalidInputError",
-    "NotTrainedError", "SpecError", "UnknownIdError",
+    "NotTrainedError", "SpecError", "UnknownIdError", "ShardUnavailableError", "ClusterError",
     "BaseIndex", "FlatIndex", "IVFIndex", "KMeans", "Quantizer", "ProductQuantizer", "OPQ", "ScalarQuantizer",
     "ResidualQuantizer", "AdditiveQuantizer", "CompositeQuantizer", "LatticeQuantizer", "QINCoQuantizer",
     "load", "save", "append", "compact", "migrate", "IndexSpec", "index_factory",

@@ -148,13 +148,28 @@ def build(
     force: Annotated[bool, typer.Option(help="overwrite OUT if it exists")] = False,
     seed: Annotated[int, typer.Option(help="seed of the training sample")] = 0,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="build on a local Dask cluster of N worker processes (annvq[distributed]); OUT becomes a sharded build", rich_help_panel="Distributed build")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(envvar="ANNVQ_SCHEDULER", help="build on the Dask cluster of this scheduler, e.g. tcp://host:8786", rich_help_panel="Distributed build")] = None,
+    shards: Annotated[int, typer.Option(min=1, help="physical shards of a distributed build", rich_help_panel="Distributed build")] = 1,
+    virtual_shards: Annotated[int, typer.Option(min=1, help="virtual shards (splitmix64 of the id) grouped into the physical ones", rich_help_panel="Distributed build")] = 256,
 ) -> None:
     """Train an index on a sample and add DATA in batches, appending to OUT as it goes (resumable).
 
     The trained, empty index is saved first; every batch is then stored as a new segment, in time
     proportional to the batch, so an interrupted build continues with --resume. At the end the
     segments are merged into one (--no-compact skips it). Vector ids are row numbers in DATA.
+
+    With --workers or --scheduler (or $ANNVQ_SCHEDULER) the build runs on Dask: the workers read
+    DATA themselves, train once, encode batches in parallel and merge them into --shards shards
+    under OUT/index.json (serve it with annvq.distributed.ShardedIndex).
     """
+    if workers is not None or scheduler:
+        from .distributed.command import build_command
+
+        with _user_errors():
+            typer.echo(build_command(data, out, index, metric, learn, train_size, batch_size, resume, force, seed,
+                                     progress, workers, scheduler, shards, virtual_shards))
+        return
     import annvq
     from tqdm import tqdm
 

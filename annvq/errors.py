@@ -38,3 +38,12 @@ class SpecError(InvalidInputError):
 
 class DependencyError(AnnvqError, ImportError):
     """An optional dependency needed for this operation is not installed (e.g. JAX for training QINCo)."""
+
+
+class ShardUnavailableError(AnnvqError, RuntimeError):
+    """A shard of a sharded index has no live replica: the request is refused rather than answered in part
+    (a service answers 503)."""
+
+
+class ClusterError(AnnvqError, ConnectionError):
+    """The compute cluster cannot be reached or used (bad scheduler address, no workers, timeout)."""

@@ -2,7 +2,8 @@
 
 ``save`` writes an index (to its own directory: only what changed, O(new data)); ``load`` reads and
 verifies one, the directory format or the single-file format of annvq 0.1; ``append`` adds vectors
-to a stored index in O(batch); ``compact`` merges a stored index's segments. No pickle anywhere.
+to a stored index in O(batch); ``compact`` merges a stored index's segments; ``concat`` combines
+indexes that share a trained model into one without re-encoding. No pickle anywhere.
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import numpy as np
 
 from ..errors import FormatError, InvalidInputError
 from ..index.base import BaseIndex
+from .concat import concat
 from .directory import CommitStats, IndexDirectory, append_to
 from .h5 import StoredFile, atomic_path, crc, dumps, fsync_dir, write_file
 from .legacy import is_legacy_file, load_legacy
 
-__all__ = ["save", "load", "append", "compact", "migrate", "IndexDirectory", "CommitStats", "StoredFile",
+__all__ = ["save", "load", "append", "compact", "migrate", "concat", "IndexDirectory", "CommitStats", "StoredFile",
            "write_file", "atomic_path", "fsync_dir", "crc", "dumps"]
 
 

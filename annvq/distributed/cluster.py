@@ -1,0 +1,47 @@
+"""Getting a Dask client: to a running scheduler, or to a cluster of local worker processes."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import ClusterError, InvalidInputError
+
+SCHEDULER_ENV = "ANNVQ_SCHEDULER"
+_THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """Environment of a worker process running ``threads`` task threads: Numba and BLAS sized to match,
+    so that N workers use N x threads cores and no more."""
+    return {var: str(threads) for var in _THREAD_VARS}
+
+
+def local_cluster(n_workers: int, threads_per_worker: int = 1, **kwargs: Any) -> Any:
+    """A ``LocalCluster`` of ``n_workers`` processes with Numba and BLAS limited to ``threads_per_worker``
+    threads each, and no dashboard unless asked for."""
+    from distributed import LocalCluster
+
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise InvalidInputError(f"workers must be a positive integer, got {n_workers!r}")
+    kwargs.setdefault("dashboard_address", None)
+    kwargs.setdefault("processes", True)
+    env = {**worker_env(threads_per_worker), **kwargs.pop("env", {})}
+    return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, env=env, **kwargs)
+
+
+def connect(scheduler: str | None = None, timeout: float = 10.0, **kwargs: Any) -> Any:
+    """A ``distributed.Client`` of the scheduler at ``scheduler`` (default: ``$ANNVQ_SCHEDULER``).
+
+    Raises :class:`~annvq.errors.ClusterError` naming the address when it cannot be reached within
+    ``timeout`` seconds or is malformed.
+    """
+    from distributed import Client
+
+    address = scheduler or os.environ.get(SCHEDULER_ENV)
+    if not address:
+        raise ClusterError(f"no scheduler address: pass one (e.g. tcp://host:8786) or set ${SCHEDULER_ENV}")
+    try:
+        return Client(address, timeout=timeout, **kwargs)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ClusterError(f"cannot reach the Dask scheduler at {address!r} within {timeout:g} s: "
+                           f"{type(exc).__name__}: {exc}") from None
