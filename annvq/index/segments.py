@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..errors import InvalidInputError
 from ..kernels.segments import append_rows, chain_order, chunks_needed
 
 ROW_BITS = 40  # a result label is (segment position << ROW_BITS) | row
@@ -262,6 +263,9 @@ class GrowingSegment:
     def append(self, rows: Rows) -> None:
         """Append encoded rows (ids already checked unique by the index)."""
         lists = np.ascontiguousarray(rows.lists, dtype=np.int64)
+        if lists.size and (lists.min() < 0 or lists.max() >= self.nlist):  # the kernels index by list unchecked
+            raise InvalidInputError(f"rows for lists {lists.min()}..{lists.max()} in a segment of {self.nlist} lists "
+                                    "(the index was changed outside train())")
         self._grow_chunks(int(chunks_needed(lists, self.tail, self.fill, self.chunk_rows)))
         slots, self.nchunks = append_rows(lists, self.head, self.tail, self.fill, self.nxt, self.nchunks,
                                           self.chunk_rows)
