@@ -13,7 +13,6 @@ from .errors import (
     UnknownIdError,
 )
 from .index import BaseIndex, FlatIndex, IVFIndex
-from .storage import append, compact, load, migrate, save
 from .kmeans import KMeans
 from .quantizers import (
     OPQ,
@@ -27,6 +26,7 @@ from .quantizers import (
     ScalarQuantizer,
 )
 from .spec import IndexSpec, index_factory
+from .storage import append, compact, load, migrate, save
 
 __version__ = "0.1.0"
 

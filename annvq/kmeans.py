@@ -47,7 +47,7 @@ class KMeans:
         self.inertia_: float = np.inf
         self.n_iter_: int = 0
 
-    def fit(self, x: np.ndarray, init_centroids: np.ndarray | None = None) -> "KMeans":
+    def fit(self, x: np.ndarray, init_centroids: np.ndarray | None = None) -> KMeans:
         x = as_vectors(x, name="x")
         rng = np.random.default_rng(self.random_state)
         if x.shape[0] < self.k:

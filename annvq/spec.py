@@ -81,7 +81,7 @@ class IndexSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict, description="extra codec parameters, e.g. beam_size")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "IndexSpec":
+    def _consistent(self) -> IndexSpec:
         if self.codec == "sq" and self.nbits > 8:
             raise ValueError("nbits: sq supports at most 8 bits")
         if self.nlist is None and self.coarse != "flat":
@@ -93,7 +93,7 @@ class IndexSpec(BaseModel):
         return self
 
     @classmethod
-    def parse(cls, text: str) -> "IndexSpec":
+    def parse(cls, text: str) -> IndexSpec:
         """Parse a spec string; raises :class:`SpecError` naming the part that is wrong."""
         if not isinstance(text, str) or not text.strip():
             raise SpecError("index spec: empty string")
@@ -142,7 +142,7 @@ class IndexSpec(BaseModel):
         return cls.validated(**fields)
 
     @classmethod
-    def validated(cls, **fields: Any) -> "IndexSpec":
+    def validated(cls, **fields: Any) -> IndexSpec:
         """Build from fields, turning pydantic errors into a SpecError naming the field."""
         try:
             return cls(**fields)
@@ -180,7 +180,7 @@ class IndexSpec(BaseModel):
         return ",".join(parts)
 
 
-def as_spec(spec: "IndexSpec | str | dict[str, Any]") -> IndexSpec:
+def as_spec(spec: IndexSpec | str | dict[str, Any]) -> IndexSpec:
     if isinstance(spec, IndexSpec):
         return spec
     if isinstance(spec, str):
@@ -190,7 +190,7 @@ def as_spec(spec: "IndexSpec | str | dict[str, Any]") -> IndexSpec:
     raise SpecError(f"index spec must be a string, a dict or an IndexSpec, got {type(spec).__name__}")
 
 
-def make_codec(spec: IndexSpec, d: int) -> "Quantizer":
+def make_codec(spec: IndexSpec, d: int) -> Quantizer:
     """The codec a spec describes, untrained, for dimension ``d``."""
     from .quantizers.base import _REGISTRY
 
@@ -232,7 +232,7 @@ def _check_options(cls: Any, options: dict[str, Any]) -> None:
             raise SpecError(f"options.{name}: must be a finite number >= {low}, got {value!r}")
 
 
-def index_factory(d: int, spec: "IndexSpec | str | dict[str, Any]", metric: str = "l2") -> "BaseIndex":
+def index_factory(d: int, spec: IndexSpec | str | dict[str, Any], metric: str = "l2") -> BaseIndex:
     """Build an untrained index for ``d``-dimensional vectors from a spec (string, dict or model)."""
     if isinstance(d, bool) or not isinstance(d, int) or d < 1:
         raise SpecError(f"d must be a positive integer, got {d!r}")

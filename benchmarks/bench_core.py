@@ -15,17 +15,23 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    apply_thread_limits, dataset_path, markdown_table, optional, pin_threads, timed, write_results,
+from common import (
+    apply_thread_limits,
+    dataset_path,
+    markdown_table,
+    optional,
+    pin_threads,
+    timed,
+    write_results,
 )
 
 pin_threads(1)
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import annvq  # noqa: E402
-from annvq.datasets import load_annb, mse, recall_at  # noqa: E402
-from annvq.kernels import scan_topk_batch  # noqa: E402
+import annvq
+from annvq.datasets import load_annb, mse, recall_at
+from annvq.kernels import scan_topk_batch
 
 faiss = optional("faiss")
 nanopq = optional("nanopq")

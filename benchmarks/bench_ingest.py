@@ -21,15 +21,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import apply_thread_limits, markdown_table, pin_threads, write_results  # noqa: E402
+from common import apply_thread_limits, markdown_table, pin_threads, write_results
 
 pin_threads(1)
-import numpy as np  # noqa: E402
-from bench_ivf import synthetic, synthetic_source  # noqa: E402
-from bench_server import _free_port, _ok, _request, _start_server, _stop_server  # noqa: E402
+import numpy as np
+from bench_ivf import synthetic, synthetic_source
+from bench_server import _free_port, _ok, _request, _start_server, _stop_server
 
-import annvq  # noqa: E402
-from annvq.datasets import knn_groundtruth, knn_recall  # noqa: E402
+import annvq
+from annvq.datasets import knn_groundtruth, knn_recall
 
 OCTET = {"Content-Type": "application/octet-stream"}
 JSON = {"Content-Type": "application/json"}

@@ -22,17 +22,24 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    RESULTS, apply_thread_limits, dataset_path, markdown_table, optional, pin_threads, timed, write_results,
+from common import (
+    RESULTS,
+    apply_thread_limits,
+    dataset_path,
+    markdown_table,
+    optional,
+    pin_threads,
+    timed,
+    write_results,
 )
 
 pin_threads(1)
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import annvq  # noqa: E402
-from annvq.datasets import knn_groundtruth, knn_recall, load_annb, recall_at  # noqa: E402
-from annvq.index import IVFIndex  # noqa: E402
+import annvq
+from annvq.datasets import knn_groundtruth, knn_recall, load_annb, recall_at
+from annvq.index import IVFIndex
 
 faiss = optional("faiss")
 nanopq = optional("nanopq")

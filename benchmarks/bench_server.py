@@ -31,11 +31,11 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
-from common import ROOT, markdown_table, write_results  # noqa: E402
+import numba
+import numpy as np
+from common import ROOT, markdown_table, write_results
 
-import annvq  # noqa: E402
+import annvq
 
 OCTET = {"Content-Type": "application/octet-stream"}
 JSON = {"Content-Type": "application/json"}

@@ -4,7 +4,13 @@ import pytest
 
 import annvq
 from annvq import (
-    DimensionError, DuplicateIdError, FlatIndex, InvalidInputError, NotTrainedError, ProductQuantizer, UnknownIdError,
+    DimensionError,
+    DuplicateIdError,
+    FlatIndex,
+    InvalidInputError,
+    NotTrainedError,
+    ProductQuantizer,
+    UnknownIdError,
 )
 
 

@@ -1,12 +1,15 @@
 """IVFIndex: full probing equals brute force over its reconstructions, recall vs nprobe, re-ranking,
 remove/add, persistence (incl. vectors read lazily from disk and on-disk append), tree coarse quantizer."""
-import h5py
 import numpy as np
 import pytest
 
 import annvq
 from annvq import (
-    DimensionError, FormatError, InvalidInputError, NotTrainedError, ProductQuantizer, UnknownIdError,
+    DimensionError,
+    InvalidInputError,
+    NotTrainedError,
+    ProductQuantizer,
+    UnknownIdError,
 )
 from annvq.datasets import knn_groundtruth, knn_recall, load_annb, recall_at
 from annvq.index import IVFIndex

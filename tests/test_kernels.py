@@ -3,7 +3,15 @@ import numpy as np
 import pytest
 
 from annvq.kernels import (
-    assign_l2, centroid_sums, ip_tables, l2_tables, scan_codes, scan_topk_batch, select_k, topk_finish, topk_init,
+    assign_l2,
+    centroid_sums,
+    ip_tables,
+    l2_tables,
+    scan_codes,
+    scan_topk_batch,
+    select_k,
+    topk_finish,
+    topk_init,
 )
 
 

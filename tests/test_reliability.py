@@ -187,10 +187,9 @@ fastapi = pytest.importorskip("fastapi")
 
 
 def test_oversized_bodies_without_content_length_get_413(tmp_path):
-    from fastapi.testclient import TestClient
-
     from annvq_server.app import create_app
     from annvq_server.config import ServerConfig
+    from fastapi.testclient import TestClient
 
     with TestClient(create_app(ServerConfig(data_dir=tmp_path, max_body_bytes=2048))) as c:
         c.put("/indexes/t", json={"dim": 4, "spec": "SQ8"})

@@ -9,12 +9,12 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
-from fastapi.testclient import TestClient  # noqa: E402
+from annvq_server.app import create_app
+from annvq_server.config import ServerConfig, build_parser
+from fastapi.testclient import TestClient
 
-import annvq  # noqa: E402
-from annvq.index import BaseIndex  # noqa: E402
-from annvq_server.app import create_app  # noqa: E402
-from annvq_server.config import ServerConfig, build_parser  # noqa: E402
+import annvq
+from annvq.index import BaseIndex
 
 D = 16
 OCTET = {"content-type": "application/octet-stream"}

@@ -2,19 +2,17 @@
 isolation of damage, repair, checkpoint backoff, and retraining that keeps exact vectors."""
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from annvq_server.app import create_app
+from annvq_server.config import ServerConfig
+from annvq_server.service import IndexService
+from fastapi.testclient import TestClient
 
-from annvq.errors import FormatError  # noqa: E402
-from annvq_server.app import create_app  # noqa: E402
-from annvq_server.config import ServerConfig  # noqa: E402
-from annvq_server.service import IndexService  # noqa: E402
-from annvq.storage.wal import HEADER_SIZE, OP_ADD, OP_DELETE, LogReader, Record, WriteAheadLog  # noqa: E402
+from annvq.errors import FormatError
+from annvq.storage.wal import HEADER_SIZE, OP_ADD, OP_DELETE, LogReader, Record, WriteAheadLog
 
 D = 8
 QUIET = dict(checkpoint_ops=10**6, checkpoint_seconds=3600, compaction_seconds=3600)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("schemathesis")
-from test_server_e2e import ServerProcess  # noqa: E402
+from test_server_e2e import ServerProcess
 
 HERE = Path(__file__).parent
 LIMITS = ("--max-batch", "64", "--max-queries", "16", "--max-k", "32", "--max-dim", "32",

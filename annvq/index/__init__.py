@@ -1,8 +1,8 @@
 """Index types; each composes a codec."""
 from .base import BaseIndex, Encoded
+from .compaction import TieredMergePolicy
 from .flat import FlatIndex
 from .ivf import IVFIndex
-from .compaction import TieredMergePolicy
 from .norms import NormCodec
 from .params import FlatSearchParams, IVFSearchParams, SearchParams
 

@@ -27,15 +27,15 @@ from .._validate import as_ids, as_vectors, check_k, check_metric, missing_ids
 from ..errors import AnnvqError, DuplicateIdError, FormatError, InvalidInputError, NotTrainedError
 from ..kernels import exact_distances, topk_init
 from ..kernels.adc import topk_finish_batch
-from ..quantizers import Quantizer
 from ..kernels.fastscan import alive_bits, block_offsets
+from ..quantizers import Quantizer
 from .compaction import TieredMergePolicy
 from .fastscan import FastScanLists
 from .norms import NormCodec
 from .params import FlatSearchParams, SearchParams, parse_params
 from .segments import ROW_BITS, ROW_MASK, GrowingSegment, MemoryVectors, Rows, Segment
 
-_INDEX_TYPES: dict[str, type["BaseIndex"]] = {}
+_INDEX_TYPES: dict[str, type[BaseIndex]] = {}
 _MODEL_SERIALS = itertools.count(1)
 _MAX_ID = np.iinfo(np.int64).max
 _REENCODE_ROWS = 65536  # rows re-encoded at a time by a retrain
@@ -250,7 +250,7 @@ class BaseIndex(ABC):
         return ids
 
     # --- the public API ------------------------------------------------------------------------
-    def train(self, x: Any = None) -> "BaseIndex":
+    def train(self, x: Any = None) -> BaseIndex:
         """Train the model on ``x`` (default: the raw vectors added so far, or the kept exact vectors).
 
         An index that already holds vectors is retrained: a new model is trained and every vector is
@@ -268,7 +268,7 @@ class BaseIndex(ABC):
         self.storage = storage
         return self
 
-    def retrained(self, x: Any = None) -> "BaseIndex":
+    def retrained(self, x: Any = None) -> BaseIndex:
         """A new index with a model trained on ``x`` and this index's vectors re-encoded (see :meth:`train`).
 
         Reads only sealed segments and the growing segment's rows present when called, so it may run
@@ -304,7 +304,7 @@ class BaseIndex(ABC):
                                     "to train on (add vectors before training, or pass x)")
         return np.concatenate(parts)
 
-    def empty_like(self) -> "BaseIndex":
+    def empty_like(self) -> BaseIndex:
         """An untrained, empty index with the same type, codec parameters and options."""
         new = self._construct_like()
         new.spec, new.seal_rows, new.merge_policy, new.auto_compact = (
@@ -586,7 +586,7 @@ class BaseIndex(ABC):
         kept.insert(min(pos, len(kept)), merged)
         self.segments = [s for s in kept if s.n]
 
-    def frozen(self) -> "BaseIndex":
+    def frozen(self) -> BaseIndex:
         """A read-only snapshot of the current vectors for background work (retraining): the growing
         segment is sealed, and the snapshot shares the sealed rows with this index but keeps its own
         deletion marks, so later writes to this index do not show through it."""
@@ -630,7 +630,7 @@ class BaseIndex(ABC):
                 "norm_bits": self.norms.nbits if self.norms is not None else None, **self._extra_attrs()}
 
     @staticmethod
-    def from_state(attrs: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> "BaseIndex":
+    def from_state(attrs: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> BaseIndex:
         """An empty index from :meth:`model_state` (trained) or :meth:`untrained_state` (``arrays`` None).
 
         Every parameter and array is checked; a bad one raises FormatError naming it.
@@ -757,7 +757,7 @@ class BaseIndex(ABC):
 
     # --- what subclasses provide ---------------------------------------------------------------
     @abstractmethod
-    def _construct_like(self) -> "BaseIndex":
+    def _construct_like(self) -> BaseIndex:
         """An untrained, empty index with this one's constructor parameters."""
 
     @abstractmethod
@@ -792,7 +792,7 @@ class BaseIndex(ABC):
 
     @classmethod
     @abstractmethod
-    def _from_attrs(cls, codec: Quantizer, attrs: dict[str, Any]) -> "BaseIndex":
+    def _from_attrs(cls, codec: Quantizer, attrs: dict[str, Any]) -> BaseIndex:
         """An index around ``codec`` with the parameters in ``attrs`` (as :meth:`model_state` wrote them)."""
 
     def _extra_attrs(self) -> dict[str, Any]:

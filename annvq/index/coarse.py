@@ -53,7 +53,7 @@ class CoarseQuantizer(ABC):
         self.centroids  # noqa: B018 - raises NotTrainedError when untrained
 
     @abstractmethod
-    def fit(self, x: np.ndarray) -> "CoarseQuantizer":
+    def fit(self, x: np.ndarray) -> CoarseQuantizer:
         """Learn the ``nlist`` list centroids from training vectors (n, d)."""
 
     @abstractmethod
@@ -89,7 +89,7 @@ class FlatCoarse(CoarseQuantizer):
 
     kind = "flat"
 
-    def fit(self, x: np.ndarray) -> "FlatCoarse":
+    def fit(self, x: np.ndarray) -> FlatCoarse:
         km = KMeans(self.nlist, niter=self.niter, init="random", random_state=self.random_state)
         centroids = km.fit(x).centroids
         assert centroids is not None
@@ -159,7 +159,7 @@ class TreeCoarse(CoarseQuantizer):
         self.leaf: np.ndarray | None = None
         self.depth = 0
 
-    def fit(self, x: np.ndarray) -> "TreeCoarse":
+    def fit(self, x: np.ndarray) -> TreeCoarse:
         if x.shape[0] < self.nlist:
             raise InvalidInputError(f"a tree of {self.nlist} leaves needs at least {self.nlist} training points, got {x.shape[0]}")
         rng = np.random.default_rng(self.random_state)

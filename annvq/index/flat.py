@@ -12,7 +12,6 @@ from .fastscan import Reservoir, rescore_exact
 from .params import SearchParams
 from .segments import ROW_BITS, Rows
 
-
 _TABLE_BYTES = 64 << 20  # lookup tables built at a time: all queries of most batches, fewer for 16-bit codes
 
 
@@ -31,7 +30,7 @@ class FlatIndex(BaseIndex):
     def _stores_norms(self) -> bool:
         return self.codec.needs_norm(self._codec_metric)
 
-    def _construct_like(self) -> "FlatIndex":
+    def _construct_like(self) -> FlatIndex:
         return FlatIndex(type(self.codec)(**self.codec.get_params()), self.metric,
                          self.norms.nbits if self.norms is not None else 8, rerank=self.rerank, k_factor=self.k_factor,
                          fast_scan=self.fast_scan)
@@ -73,6 +72,6 @@ class FlatIndex(BaseIndex):
                 rescore_exact(view, block_state, k, tables)
 
     @classmethod
-    def _from_attrs(cls, codec: Quantizer, attrs: dict[str, Any]) -> "FlatIndex":
+    def _from_attrs(cls, codec: Quantizer, attrs: dict[str, Any]) -> FlatIndex:
         return cls(codec, attrs["metric"], int(attrs.get("norm_bits") or 8), rerank=bool(attrs["rerank"]),
                    k_factor=int(attrs["k_factor"]), fast_scan=attrs.get("fast_scan", False) is True)

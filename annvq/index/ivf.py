@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import missing_ids
 from ..errors import FormatError
 from ..kernels.ivf import ivf_scan
 from ..quantizers import Quantizer
-from .._validate import missing_ids
 from .base import BaseIndex, as_id_array, positive_int
 from .coarse import make_coarse
 from .fastscan import Reservoir, list_tables, rescore_exact
@@ -75,7 +75,7 @@ class IVFIndex(BaseIndex):
     def _needs_bias(self) -> bool:
         return self.metric == "l2"
 
-    def _construct_like(self) -> "IVFIndex":
+    def _construct_like(self) -> IVFIndex:
         c = self.coarse
         return IVFIndex(type(self.codec)(**self.codec.get_params()), c.nlist, self.metric, c.kind, self.rerank,
                         self.nprobe, self.k_factor, getattr(c, "branching", 32), getattr(c, "beam", 4), c.niter,
@@ -199,7 +199,7 @@ class IVFIndex(BaseIndex):
             raise FormatError("coarse centroids: not finite")
 
     @classmethod
-    def _from_attrs(cls, codec: Quantizer, attrs: dict[str, Any]) -> "IVFIndex":
+    def _from_attrs(cls, codec: Quantizer, attrs: dict[str, Any]) -> IVFIndex:
         return cls(codec, nlist=int(attrs["nlist"]), metric=attrs["metric"], coarse=attrs["coarse"],
                    rerank=bool(attrs["rerank"]), nprobe=int(attrs["nprobe"]), k_factor=int(attrs["k_factor"]),
                    branching=int(attrs.get("branching", 32)), beam=int(attrs.get("beam", 4)),

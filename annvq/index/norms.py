@@ -26,7 +26,7 @@ class NormCodec:
     def dtype(self) -> type:
         return np.uint8 if self.nbits == 8 else np.float32
 
-    def fit(self, norms: np.ndarray) -> "NormCodec":
+    def fit(self, norms: np.ndarray) -> NormCodec:
         self.vmin, self.vmax = float(norms.min()), float(norms.max())
         return self
 

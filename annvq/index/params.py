@@ -7,7 +7,7 @@ Fields left None fall back to the index's stored defaults.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -64,7 +64,7 @@ def parse_params(model: type[SearchParams], params: SearchParams | dict[str, Any
         raise InvalidInputError(f"search parameters: {msgs}") from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _defaults(model: type[SearchParams]) -> SearchParams:
     return model()
 

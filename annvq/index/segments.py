@@ -69,7 +69,7 @@ class Rows:
     norms: np.ndarray | None = None  # stored norm codes (flat additive codecs under L2)
     vectors: np.ndarray | None = None  # exact vectors when the index keeps them
 
-    def take(self, order: np.ndarray) -> "Rows":
+    def take(self, order: np.ndarray) -> Rows:
         pick = lambda a: None if a is None else a[order]  # noqa: E731
         return Rows(self.ids[order], self.lists[order], self.codes[order],
                     self.bias[order] if self.bias.size else self.bias, pick(self.norms), pick(self.vectors))
@@ -175,7 +175,7 @@ class Segment:
     def live_rows(self) -> np.ndarray:
         return np.arange(self.n) if self.deleted is None else np.flatnonzero(~self.deleted)
 
-    def snapshot(self) -> "Segment":
+    def snapshot(self) -> Segment:
         """A view sharing this segment's rows but with its own copy of the deletion marks, so later
         deletes on this segment do not show through it."""
         view = object.__new__(Segment)

@@ -2,12 +2,12 @@
 
 Nothing here knows about codecs or indexes; codecs and indexes call these.
 """
-from .adc import l2_tables, ip_tables, admit, scan_codes, scan_topk_batch, select_k, topk_finish, topk_init
+from .adc import admit, ip_tables, l2_tables, scan_codes, scan_topk_batch, select_k, topk_finish, topk_init
 from .additive import code_gram, cross_terms, decode_sum, scatter_rows
 from .assign import assign_l2, centroid_sums, sq_norms
-from .ivf import exact_distances, ivf_scan, tree_search
 from .beam import beam_search
 from .cq import icm_encode
+from .ivf import exact_distances, ivf_scan, tree_search
 
 __all__ = [
     "assign_l2",

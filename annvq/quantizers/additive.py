@@ -8,8 +8,6 @@ are precomputed once per codebook change; the encoders only need those and ``x.c
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 

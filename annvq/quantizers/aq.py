@@ -2,7 +2,6 @@
 jointly by beam search over unordered codebook choices, codebooks by least squares."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from .additive import AdditiveCodec, least_squares_codebooks
@@ -43,7 +42,7 @@ class AdditiveQuantizer(AdditiveCodec):
         self.niter, self.perturb = int(niter), float(perturb)
         self.niter_kmeans, self.max_train_points = int(niter_kmeans), int(max_train_points)
 
-    def fit(self, x: np.ndarray) -> "AdditiveQuantizer":
+    def fit(self, x: np.ndarray) -> AdditiveQuantizer:
         x = self._check_train(x, self.max_train_points)
         rq = ResidualQuantizer(self.d, self.M, self.nbits, beam_size=self.train_beam_size, niter=self.niter_kmeans, refine_iters=0,
                                max_train_points=self.max_train_points, random_state=self.random_state).fit(x)

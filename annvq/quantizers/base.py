@@ -10,7 +10,7 @@ import numpy as np
 from .._validate import as_vectors
 from ..errors import FormatError, InvalidInputError, NotTrainedError
 
-_REGISTRY: dict[str, type["Quantizer"]] = {}
+_REGISTRY: dict[str, type[Quantizer]] = {}
 
 
 def code_dtype(nbits: int) -> type:
@@ -90,7 +90,7 @@ class Quantizer(ABC):
 
     # --- the interface -------------------------------------------------------------------------
     @abstractmethod
-    def fit(self, x: np.ndarray) -> "Quantizer":
+    def fit(self, x: np.ndarray) -> Quantizer:
         """Learn the codebooks from training vectors (n, d); returns self."""
 
     @abstractmethod
@@ -134,7 +134,7 @@ class Quantizer(ABC):
         return {"kind": self.kind, **self.get_params()}, self._get_arrays()
 
     @staticmethod
-    def from_params(params: dict[str, Any]) -> "Quantizer":
+    def from_params(params: dict[str, Any]) -> Quantizer:
         """An untrained codec from ``{"kind": ..., **get_params()}``; FormatError when they are invalid."""
         params = dict(params)
         kind = params.pop("kind", None)
@@ -147,7 +147,7 @@ class Quantizer(ABC):
             raise FormatError(f"invalid stored {kind} codec parameters: {exc}") from None
 
     @staticmethod
-    def from_state(params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "Quantizer":
+    def from_state(params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Quantizer:
         """A trained codec from :meth:`get_state`'s output; every array must be finite and well shaped."""
         q = Quantizer.from_params(params)
         for name, a in arrays.items():

@@ -6,8 +6,6 @@ search needs only the M*K table of query-to-codeword distances and no per-vector
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from scipy.optimize import minimize
 

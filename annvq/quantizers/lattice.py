@@ -5,7 +5,6 @@ sub-space, one scale (ball) or a few gain levels (sphere), fitted by one-dimensi
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from ..errors import InvalidInputError

@@ -15,8 +15,6 @@ runs a few rounds from each and continues from the better one.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from ..errors import InvalidInputError

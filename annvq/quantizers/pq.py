@@ -1,7 +1,6 @@
 """Product quantization: split d into M sub-spaces, one k-means codebook of 2**nbits per sub-space."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from ..errors import InvalidInputError
@@ -49,7 +48,7 @@ class ProductQuantizer(Quantizer):
     def _sub(self, x: np.ndarray) -> np.ndarray:
         return x.reshape(x.shape[0], self.M, self.dsub)
 
-    def fit(self, x: np.ndarray, init_codebooks: np.ndarray | None = None) -> "ProductQuantizer":
+    def fit(self, x: np.ndarray, init_codebooks: np.ndarray | None = None) -> ProductQuantizer:
         """Train every sub-codebook; ``init_codebooks`` warm-starts k-means (used by OPQ)."""
         x = self._check_x(x)
         if x.shape[0] < self.ksub:

@@ -1,7 +1,6 @@
 """Residual quantization: codebook m quantizes what codebooks 0..m-1 left over, encoded by beam search."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from ..kernels.additive import decode_sum
@@ -38,7 +37,7 @@ class ResidualQuantizer(AdditiveCodec):
         self.refine_iters = int(refine_iters)
         self.max_points_per_centroid, self.max_train_points = int(max_points_per_centroid), int(max_train_points)
 
-    def fit(self, x: np.ndarray) -> "ResidualQuantizer":
+    def fit(self, x: np.ndarray) -> ResidualQuantizer:
         x = self._check_train(x, self.max_train_points)
         n, K = x.shape[0], self.ksub
         rng = np.random.default_rng(self.random_state)

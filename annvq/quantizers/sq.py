@@ -1,7 +1,6 @@
 """Scalar quantization: every dimension mapped uniformly to 2**nbits levels between its trained min and max."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from ..errors import InvalidInputError
@@ -38,7 +37,7 @@ class ScalarQuantizer(Quantizer):
         self.vmin = self._expect_shape(arrays, "vmin", (self.d,)).astype(np.float32)
         self.step = self._expect_shape(arrays, "step", (self.d,)).astype(np.float32)
 
-    def fit(self, x: np.ndarray) -> "ScalarQuantizer":
+    def fit(self, x: np.ndarray) -> ScalarQuantizer:
         x = self._check_x(x)
         lo, hi = x.min(axis=0), x.max(axis=0)
         if self.rs == "stddev":

@@ -118,7 +118,7 @@ class StoredFile:
             raise FormatError(f"{self.path}: missing (no such file)")
         try:
             self._f = h5py.File(self.path, "r")
-        except Exception as exc:  # noqa: BLE001 - h5py raises OSError, ValueError, RuntimeError...
+        except Exception as exc:
             raise FormatError(f"{self.path}: not a readable HDF5 file (truncated or corrupt): {exc}") from None
         try:
             self.header, self.digest = self._header(kind)
@@ -133,7 +133,7 @@ class StoredFile:
         try:
             body = bytes(np.asarray(self._f.attrs["annvq"], dtype=np.uint8))
             stored = int(np.asarray(self._f.attrs["annvq_crc32"]))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._fail("header", f"missing or unreadable ({type(exc).__name__}: {exc}); "
                                        "not an annvq file of this format") from None
         if crc(body) != stored:
@@ -170,7 +170,7 @@ class StoredFile:
             if not isinstance(ds, h5py.Dataset):
                 raise TypeError("not a dataset")
             a = ds[()]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._fail(name, f"unreadable ({type(exc).__name__}: {exc})") from None
         a = np.asarray(a)
         if a.dtype.str != spec.get("dtype") or list(a.shape) != spec.get("shape"):
@@ -183,14 +183,14 @@ class StoredFile:
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: self.array(name) for name in self.names()}
 
-    def lazy(self, name: str) -> "H5Vectors":
+    def lazy(self, name: str) -> H5Vectors:
         spec = self.header["lazy"].get(name)
         if not isinstance(spec, dict):
             raise self._fail(name, "missing")
         try:
             ds = self._f[name]
             ok = isinstance(ds, h5py.Dataset) and ds.dtype == np.float32 and list(ds.shape) == spec.get("shape")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._fail(name, f"unreadable ({type(exc).__name__}: {exc})") from None
         if not ok:
             raise self._fail(name, f"does not match the header's float32 {spec.get('shape')}")
@@ -237,7 +237,7 @@ class H5Vectors:
             for a, b in zip(starts, np.r_[starts[1:], len(rows)]):
                 lo, hi = int(rows[a]), int(rows[b - 1]) + 1
                 out[a:b] = ds[lo:hi][rows[a:b] - lo]
-        except Exception as exc:  # noqa: BLE001 - a failed Fletcher-32 check surfaces as OSError
+        except Exception as exc:
             raise FormatError(f"{self._path}: {self._name}: unreadable rows "
                               f"({type(exc).__name__}: {exc})") from None
         if not np.isfinite(out).all():

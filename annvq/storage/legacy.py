@@ -26,14 +26,14 @@ def load_legacy(path: Path) -> BaseIndex:
     """The index in a version-1 file; FormatError on anything inconsistent."""
     try:
         f = h5py.File(path, "r")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise FormatError(f"{path}: not a readable HDF5 file (truncated or corrupt): {exc}") from None
     try:
         index, vectors = _read(f, path)
     except FormatError as exc:
         f.close()
         raise FormatError(f"{path}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - any other surprise from a damaged file
+    except Exception as exc:
         f.close()
         raise FormatError(f"{path}: damaged index file ({type(exc).__name__}: {exc})") from None
     if vectors is None:
