@@ -237,8 +237,9 @@ def test_fs_spec_checks_the_dimension():
         make_codec(IndexSpec.parse("PQ7x4fs"), 128)
     with pytest.raises(SpecError, match="d=128"):
         annvq.index_factory(128, "PQ7x4fs")
-    with pytest.raises(SpecError, match="fast-scan"):
-        annvq.index_factory(128, "IVF16,PQ32x4fs")
+    with pytest.raises(SpecError, match="4-bit PQ or OPQ"):
+        annvq.index_factory(128, "IVF16,PQ16x8fs")
+    assert annvq.index_factory(128, "IVF16,PQ32x4fs").fast_scan
 
 
 @pytest.mark.skipif(not simd._X86_AVX2, reason="the host has no AVX2")
