@@ -215,6 +215,13 @@ class BaseIndex(ABC):
             todo = todo[~hit]
         return seg, row
 
+    def _locate_all(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`locate` for ids that must all be stored: UnknownIdError naming the missing ones."""
+        seg, row = self.locate(ids)
+        if (seg < 0).any():
+            missing_ids(ids, ids[seg >= 0])
+        return seg, row
+
     def contains(self, ids: Any) -> np.ndarray:
         """Boolean mask: which of ``ids`` are stored (live)."""
         return self.locate(ids)[0] >= 0
@@ -495,9 +502,7 @@ class BaseIndex(ABC):
         ids = as_id_array(ids)
         if np.unique(ids).shape[0] != ids.shape[0]:
             raise InvalidInputError("ids: repeated ids in one remove call")
-        seg, row = self.locate(ids)
-        if (seg < 0).any():
-            missing_ids(ids, ids[seg >= 0])
+        seg, row = self._locate_all(ids)
         view = self._view()
         for pos in np.unique(seg):
             view[pos].delete_rows(row[seg == pos])
@@ -510,9 +515,7 @@ class BaseIndex(ABC):
     def reconstruct_batch(self, ids: Any) -> np.ndarray:
         """Vectors for ``ids``: decoded from their codes (raw vectors while untrained)."""
         ids = as_id_array(ids)
-        seg, row = self.locate(ids)
-        if (seg < 0).any():
-            missing_ids(ids, ids[seg >= 0])
+        seg, row = self._locate_all(ids)
         out = np.empty((ids.shape[0], self.d), dtype=np.float32)
         view = self._view()
         if not self.is_trained:
@@ -528,9 +531,7 @@ class BaseIndex(ABC):
         if not self._keeps_vectors():
             return self.reconstruct_batch(ids), False
         ids = as_id_array(ids)
-        seg, row = self.locate(ids)
-        if (seg < 0).any():
-            missing_ids(ids, ids[seg >= 0])
+        seg, row = self._locate_all(ids)
         out = np.empty((ids.shape[0], self.d), dtype=np.float32)
         view = self._view()
         for pos in np.unique(seg):
