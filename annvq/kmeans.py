@@ -63,7 +63,10 @@ class KMeans:
         elif self.init == "lbg":
             c, self.inertia_, self.n_iter_ = lbg(x, self.k, self.eps, self.niter, self.tol, self.random_state)
         else:
-            c = kmeans_pp(x, self.k, rng) if self.init == "k-means++" else x[rng.choice(x.shape[0], self.k, replace=False)].copy()
+            if self.init == "k-means++":
+                c = kmeans_pp(x, self.k, rng)
+            else:
+                c = x[rng.choice(x.shape[0], self.k, replace=False)].copy()
             c, self.inertia_, self.n_iter_ = lloyd(x, c, self.niter, self.tol)
         self.centroids = c
         return self
@@ -93,7 +96,9 @@ def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return c
 
 
-def lbg(x: np.ndarray, k: int, eps: float, niter: int, tol: float, seed: int | None = None) -> tuple[np.ndarray, float, int]:
+def lbg(
+    x: np.ndarray, k: int, eps: float, niter: int, tol: float, seed: int | None = None
+) -> tuple[np.ndarray, float, int]:
     """Linde-Buzo-Gray: grow from the data mean by splitting centroids, refining with Lloyd each round.
 
     When ``k`` is not a power of two, the last round splits only the clusters with the largest
@@ -133,7 +138,8 @@ def lloyd(x: np.ndarray, c: np.ndarray, niter: int, tol: float) -> tuple[np.ndar
     prev = np.inf
     inertia = np.inf
     it = 0
-    for it in range(1, niter + 1):
+    for _ in range(niter):
+        it += 1
         labels, dist = assign_l2(x, c, sq_norms(c))
         inertia = float(dist.sum(dtype=np.float64))
         sums, counts = centroid_sums(x, labels, k)

@@ -98,8 +98,9 @@ class LVQClassifier(ClassifierMixin, BaseEstimator):
             raise InvalidInputError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         if self.init not in ("kmeans", "random"):
             raise InvalidInputError(f"init must be 'kmeans' or 'random', got {self.init!r}")
-        if self.learning_rate != "auto" and not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate <= 1):
-            raise InvalidInputError(f"learning_rate must be 'auto' or in (0, 1], got {self.learning_rate!r}")
+        lr = self.learning_rate
+        if lr != "auto" and not (isinstance(lr, (int, float)) and 0 < lr <= 1):
+            raise InvalidInputError(f"learning_rate must be 'auto' or in (0, 1], got {lr!r}")
         if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
             raise InvalidInputError(f"max_iter must be a positive integer, got {self.max_iter!r}")
         if not (isinstance(self.window, (int, float)) and 0 < self.window < 1):
@@ -140,7 +141,8 @@ class LVQClassifier(ClassifierMixin, BaseEstimator):
         elif isinstance(p, (float, np.floating)) and 0 < p <= 1:
             counts = np.maximum(1, np.floor(p * sizes)).astype(np.int64)
         else:
-            raise InvalidInputError(f"prototypes_per_class must be a positive int, a fraction in (0, 1] or a dict, got {p!r}")
+            raise InvalidInputError("prototypes_per_class must be a positive int, a fraction in (0, 1] or a dict, "
+                                    f"got {p!r}")
         return np.minimum(counts, sizes).astype(np.int64)
 
     # --- training ----------------------------------------------------------------------------------

@@ -89,7 +89,8 @@ class IndexSpec(BaseModel):
         if self.nlist is not None and self.norm_bits != 8:
             raise ValueError("norm_bits: applies to flat indexes; an IVF index computes exact norms in memory")
         if self.fast_scan and (self.codec not in ("pq", "opq") or self.nbits != 4):
-            raise ValueError(f"fast_scan: the fs layout takes 4-bit PQ or OPQ codes, got {self.codec} with nbits={self.nbits}")
+            raise ValueError(f"fast_scan: the fs layout takes 4-bit PQ or OPQ codes, "
+                             f"got {self.codec} with nbits={self.nbits}")
         return self
 
     @classmethod
@@ -111,7 +112,8 @@ class IndexSpec(BaseModel):
             opq_m = int(m.group(1))
             parts = parts[1:]
         if len(parts) != 1:
-            raise SpecError(f"index spec {text!r}: expected exactly one codec part (PQ, SQ, RQ, AQ, CQ, LAT or QINCo), got {parts}")
+            raise SpecError(f"index spec {text!r}: expected exactly one codec part "
+                            f"(PQ, SQ, RQ, AQ, CQ, LAT or QINCo), got {parts}")
         part = parts[0]
         if m := _SQ_RE.match(part):
             fields.update(codec="sq", nbits=int(m.group(1)), M=1)

@@ -68,7 +68,8 @@ def make(method: str, d: int, bits: int, args):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="*", default=["sift10k", "bigann10k"], help="names in the data dir or HDF5 paths")
+    ap.add_argument("--datasets", nargs="*", default=["sift10k", "bigann10k"],
+                    help="names in the data dir or HDF5 paths")
     ap.add_argument("--data-dir", help="directory holding sift10k/ and bigann10k/ (default ../shared/data)")
     ap.add_argument("--bits", nargs="*", type=int, default=[32, 64])
     ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)

@@ -112,7 +112,8 @@ def scan_rows(n: int, nq: int, k: int = 10):
     empty = np.empty(0, np.float32)
     scan_topk_batch(pq.lookup_tables(xq[:2]), codes[:1000], empty, k)  # compile
     _, t = timed(lambda: scan_topk_batch(pq.lookup_tables(xq), codes, empty, k), repeat=3)
-    rows.append({"lib": "annvq", "what": f"ADC scan {n:,} synthetic codes, M=8", "qps": nq / t, "ms_per_query": 1000 * t / nq})
+    rows.append({"lib": "annvq", "what": f"ADC scan {n:,} synthetic codes, M=8", "qps": nq / t,
+                 "ms_per_query": 1000 * t / nq})
     if faiss is not None:
         index = faiss.IndexPQ(d, M, 8)
         index.train(xt)
@@ -120,7 +121,8 @@ def scan_rows(n: int, nq: int, k: int = 10):
         faiss.copy_array_to_vector(codes.ravel(), index.codes)
         index.ntotal = n
         _, t = timed(lambda: index.search(xq, k), repeat=3)
-        rows.append({"lib": "faiss IndexPQ", "what": f"ADC scan {n:,} synthetic codes, M=8", "qps": nq / t, "ms_per_query": 1000 * t / nq})
+        rows.append({"lib": "faiss IndexPQ", "what": f"ADC scan {n:,} synthetic codes, M=8", "qps": nq / t,
+                     "ms_per_query": 1000 * t / nq})
     if nanopq is not None:
         npq = nanopq.PQ(M=M, Ks=256, verbose=False).fit(xt[:5000], iter=5, seed=0)
         sub = xq[: max(4, nq // 8)]
@@ -131,13 +133,15 @@ def scan_rows(n: int, nq: int, k: int = 10):
                 np.argpartition(dist, k)[:k]
 
         _, t = timed(run)
-        rows.append({"lib": "nanopq", "what": f"ADC scan {n:,} synthetic codes, M=8", "qps": len(sub) / t, "ms_per_query": 1000 * t / len(sub)})
+        rows.append({"lib": "nanopq", "what": f"ADC scan {n:,} synthetic codes, M=8", "qps": len(sub) / t,
+                     "ms_per_query": 1000 * t / len(sub)})
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="*", default=["sift10k", "bigann10k"], help="names in ../shared/data or HDF5 paths")
+    ap.add_argument("--datasets", nargs="*", default=["sift10k", "bigann10k"],
+                    help="names in ../shared/data or HDF5 paths")
     ap.add_argument("--bits", nargs="*", type=int, default=[32, 64])
     ap.add_argument("--scan-n", type=int, default=1_000_000)
     ap.add_argument("--scan-queries", type=int, default=64)
@@ -155,7 +159,8 @@ def main() -> None:
             if nanopq is not None:
                 rows += nanopq_rows(name, bits, x, xq, gt)
             print(markdown_table([r for r in rows if r["dataset"] == name and r["bits"] == bits],
-                                 ["dataset", "bits", "lib", "method", "mse", "R@1", "R@10", "R@100", "train_s", "encode_s", "qps"]), flush=True)
+                                 ["dataset", "bits", "lib", "method", "mse", "R@1", "R@10", "R@100", "train_s",
+                                  "encode_s", "qps"]), flush=True)
     scan = [] if args.no_scan else scan_rows(args.scan_n, args.scan_queries)
     if scan:
         print(markdown_table(scan, ["lib", "what", "qps", "ms_per_query"]))

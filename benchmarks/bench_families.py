@@ -214,8 +214,8 @@ def coarse_rows(seeds: int, train_on: str, nlist: int = 256, M: int = 16) -> lis
         idx.coarse.random_state = idx.codec.random_state = seed
         _, t = timed(lambda idx=idx: (idx.train(xt), idx.add(x)))
         I = idx.search(xq, 10, nprobe=1)[1]
-        rows.append({"lib": f"annvq IVF{nlist},PQ{M}x8", "seed": seed, "R@1": recall_at(I, gt, 1), "R@10": recall_at(I, gt, 10),
-                     **_coarse_stats(idx.coarse.centroids, x, xq, nn), "build_s": t})
+        rows.append({"lib": f"annvq IVF{nlist},PQ{M}x8", "seed": seed, "R@1": recall_at(I, gt, 1),
+                     "R@10": recall_at(I, gt, 10), **_coarse_stats(idx.coarse.centroids, x, xq, nn), "build_s": t})
         kpp = KMeans(nlist, niter=idx.coarse.niter, init="k-means++", random_state=seed).fit(xt).centroids
         rows.append({"lib": "annvq coarse k-means, k-means++ start", "seed": seed, **_coarse_stats(kpp, x, xq, nn)})
         if faiss is not None:
@@ -226,7 +226,8 @@ def coarse_rows(seeds: int, train_on: str, nlist: int = 256, M: int = 16) -> lis
             _, t = timed(lambda index=index: (index.train(xt), index.add(x)))
             ivf.nprobe = 1
             I = index.search(xq, 10)[1]
-            rows.append({"lib": f"faiss IVF{nlist},PQ{M}", "seed": seed, "R@1": recall_at(I, gt, 1), "R@10": recall_at(I, gt, 10),
+            rows.append({"lib": f"faiss IVF{nlist},PQ{M}", "seed": seed, "R@1": recall_at(I, gt, 1),
+                         "R@10": recall_at(I, gt, 10),
                          **_coarse_stats(ivf.quantizer.reconstruct_n(0, nlist), x, xq, nn), "build_s": t})
         for r in rows[-3:]:
             print(markdown_table([r], COARSE_COLS).splitlines()[-1], flush=True)
@@ -256,9 +257,11 @@ def main() -> None:
     ap.add_argument("--data-dir", help="directory holding sift10k/ and bigann10k/ (default ../shared/data)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="families", help="results file stem under benchmarks/results/")
-    ap.add_argument("--coarse", action="store_true", help="only the IVF coarse-quantizer comparison on the built-in SIFT set")
+    ap.add_argument("--coarse", action="store_true",
+                    help="only the IVF coarse-quantizer comparison on the built-in SIFT set")
     ap.add_argument("--coarse-seeds", type=int, default=5)
-    ap.add_argument("--coarse-train", choices=["learn", "base"], default="learn", help="train on the learn split or the base")
+    ap.add_argument("--coarse-train", choices=["learn", "base"], default="learn",
+                    help="train on the learn split or the base")
     args = ap.parse_args()
     if args.data_dir:
         os.environ["ANNVQ_SHARED_DATA"] = args.data_dir
@@ -278,10 +281,11 @@ def main() -> None:
         if fam.name in args.families:
             rows += run_family(fam, codecs, args.n, args.additive_max_bits)
     ratios = ratio_table(rows, codecs)
-    ratio_cols = ["family", "bits"] + [c.name for c in codecs] + [c for c in ("CQ/AQ", "CQ/RQ") if any(c in r for r in ratios)]
+    ratio_cols = (["family", "bits"] + [c.name for c in codecs]
+                  + [c for c in ("CQ/AQ", "CQ/RQ") if any(c in r for r in ratios)])
     print("\nall rows\n" + markdown_table(rows, COLS))
-    print("\nMSE ratio annvq / faiss peer (" + ", ".join(f"{c.name}: {c.peer}" for c in codecs) + "); CQ over annvq AQ, RQ\n"
-          + markdown_table(ratios, ratio_cols))
+    print("\nMSE ratio annvq / faiss peer (" + ", ".join(f"{c.name}: {c.peer}" for c in codecs)
+          + "); CQ over annvq AQ, RQ\n" + markdown_table(ratios, ratio_cols))
     path = write_results(args.out, {"threads": args.threads, "args": vars(args), "rows": rows, "mse_ratios": ratios})
     print(f"results written to {path}")
 

@@ -204,7 +204,8 @@ def flat_run(args) -> dict:
         single = _single_qps(search, xq, args.single_queries)
         rows.append({"dataset": name, "lib": lib, "spec": sp, "R@10": recall_at(I, gt, 10), "qps_batch": qps,
                      "qps_single": single, "build_s": build_s, "bytes_per_vec": nbytes})
-    print(markdown_table(rows, ["dataset", "lib", "spec", "R@10", "qps_batch", "qps_single", "build_s", "bytes_per_vec"]))
+    print(markdown_table(rows, ["dataset", "lib", "spec", "R@10", "qps_batch", "qps_single", "build_s",
+                                "bytes_per_vec"]))
     table = {}
     if len(rows) == 2:
         table = {"flat batch QPS / faiss": rows[0]["qps_batch"] / rows[1]["qps_batch"],
@@ -248,7 +249,10 @@ def _curves(lib, spec, label, name, xq, gt, nprobes, args, k_factors, set_nprobe
 
 
 def annvq_curve(name, spec, x, xt, xq, gt, nprobes, args, k_factors=(None,), centroids=None):
-    idx = FastScanIndex(x.shape[1], spec, centroids=centroids) if centroids is not None else make_index(x.shape[1], spec)
+    if centroids is not None:
+        idx = FastScanIndex(x.shape[1], spec, centroids=centroids)
+    else:
+        idx = make_index(x.shape[1], spec)
     idx.train(xt)
     idx.add(x)
     nbytes = bytes_per_vector(idx)
@@ -314,7 +318,8 @@ def ivf_targets(rows, specs: dict[str, str]) -> dict[str, float | None]:
         "annvq fs,Refine QPS @ R@10=0.99": _best_at(curves, "annvq", fs_r, 0.99),
         "hnswlib QPS @ R@10=0.99": _best_at(curves, "hnswlib", "HNSW M=16", 0.99),
     }
-    out["fs / faiss fs @ 0.90 (target >= 1.0)"] = ratio(out["annvq fs QPS @ R@10=0.90"], out["faiss fs QPS @ R@10=0.90"])
+    out["fs / faiss fs @ 0.90 (target >= 1.0)"] = ratio(out["annvq fs QPS @ R@10=0.90"],
+                                                        out["faiss fs QPS @ R@10=0.90"])
     out["fs,Refine / faiss RFlat @ 0.95 (target >= 1.0)"] = ratio(out["annvq fs,Refine QPS @ R@10=0.95"],
                                                                  out["faiss fs,RFlat QPS @ R@10=0.95"])
     out["fs,Refine / annvq PQ16x8 @ 0.95 (target >= 3.0)"] = ratio(out["annvq fs,Refine QPS @ R@10=0.95"],
@@ -426,7 +431,8 @@ def codec_runs(args) -> dict:
         idx = annvq.index_factory(x.shape[1], spec)
         _, t = timed(lambda idx=idx: (idx.train(xt), idx.add(x)))
         I = idx.search(xq, K)[1]
-        rows.append({"lib": "annvq", "spec": spec, "R@10": recall_at(I, gt, 10), "build_s": t, "bytes_per_vec": idx.code_size})
+        rows.append({"lib": "annvq", "spec": spec, "R@10": recall_at(I, gt, 10), "build_s": t,
+                     "bytes_per_vec": idx.code_size})
         print(markdown_table(rows[-1:], cols), flush=True)
     if faiss is not None:
         for fspec in [f"PQ{M}x4fs", f"RQ{M - 2}x4fs_Nrq2x4", f"LSQ{M - 2}x4fs_Nlsq2x4"]:
@@ -485,8 +491,8 @@ def ivf_rq_rows(args) -> list[dict]:
     state = {"nprobe": 1}
     rows = _sweep("annvq", f"IVF{nlist},RQ{M - 2}x4 + 8-bit norm, fast-scan", "builtin-110k", xq, gt, nprobes,
                   lambda p: state.update(nprobe=p), lambda q: rq_search(q, state["nprobe"]), M / 2, args.min_seconds)
-    rows += _sweep("annvq", f"IVF{nlist},PQ{M}x4fs", "builtin-110k", xq, gt, nprobes, lambda p: setattr(pq, "nprobe", p),
-                   lambda q: pq.search(q, K)[1], M / 2, args.min_seconds)
+    rows += _sweep("annvq", f"IVF{nlist},PQ{M}x4fs", "builtin-110k", xq, gt, nprobes,
+                   lambda p: setattr(pq, "nprobe", p), lambda q: pq.search(q, K)[1], M / 2, args.min_seconds)
     return rows
 
 
@@ -502,8 +508,10 @@ def main() -> None:
     ap.add_argument("--train-size", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--single-queries", type=int, default=200, help="queries searched one at a time (flat)")
-    ap.add_argument("--nprobe", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64])
-    ap.add_argument("--ef", type=lambda s: [int(v) for v in s.split(",")], default=[10, 16, 24, 32, 48, 64, 96, 128, 192])
+    ap.add_argument("--nprobe", type=lambda s: [int(v) for v in s.split(",")],
+                    default=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64])
+    ap.add_argument("--ef", type=lambda s: [int(v) for v in s.split(",")],
+                    default=[10, 16, 24, 32, 48, 64, 96, 128, 192])
     ap.add_argument("--k-factors", type=lambda s: [int(v) for v in s.split(",")], default=[2, 4],
                     help="re-ranking depths (k_factor * k candidates) swept for annvq Refine and faiss RFlat")
     ap.add_argument("--no-hnsw", action="store_true")

@@ -66,11 +66,12 @@ def in_process(args, data) -> dict:
                                                      replace=False)
         row = {
             "ntotal": target, "segments": len(index.segments),
-            "add100_ms": _median_ms(lambda i: index.add(extra[(100 * i) % 9_900 :][:100] + i,
-                                                        ids=np.arange(start + 100 * i, start + 100 * i + 100)),
-                                    args.calls),
-            "remove10_ms": _median_ms(lambda i: index.remove(ids_gone[10 * i : 10 * i + 10]), args.calls),
-            "reconstruct1_us": 1e3 * _median_ms(lambda i: index.reconstruct(int(probe[i])), args.calls),
+            "add100_ms": _median_ms(
+                lambda i, start=start: index.add(extra[(100 * i) % 9_900 :][:100] + i,
+                                                 ids=np.arange(start + 100 * i, start + 100 * i + 100)),
+                args.calls),
+            "remove10_ms": _median_ms(lambda i, gone=ids_gone: index.remove(gone[10 * i : 10 * i + 10]), args.calls),
+            "reconstruct1_us": 1e3 * _median_ms(lambda i, probe=probe: index.reconstruct(int(probe[i])), args.calls),
         }
         out["at"][target] = row
         print(f"  ntotal {target}: {row}", flush=True)
@@ -94,8 +95,9 @@ def checkpoint_cost(index, extra: np.ndarray, workdir: Path) -> dict:
     second = index.save(path)
     incr_s = time.perf_counter() - t
     total = sum(p.stat().st_size for p in path.iterdir())
-    return {"full_bytes": first.bytes, "full_s": full_s, "checkpoint_bytes": second.bytes, "checkpoint_files": second.files,
-            "checkpoint_s": incr_s, "index_bytes": total, "checkpoint_share": second.bytes / total}
+    return {"full_bytes": first.bytes, "full_s": full_s, "checkpoint_bytes": second.bytes,
+            "checkpoint_files": second.files, "checkpoint_s": incr_s, "index_bytes": total,
+            "checkpoint_share": second.bytes / total}
 
 
 def segments_vs_compacted(args, data, xq, gt) -> dict:
@@ -160,7 +162,8 @@ def http_ingest(args, data, xq) -> dict:
             pool = rng.normal(size=(20_000, args.d)).astype(np.float32)
             done, stop = [0], threading.Event()
             p50: list[float] = []
-            searcher = threading.Thread(target=lambda: p50.append(search_p50(stop, args.seconds + 60)))
+            searcher = threading.Thread(
+                target=lambda p50=p50, stop=stop: p50.append(search_p50(stop, args.seconds + 60)))
             searcher.start()
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             t0 = time.perf_counter()
@@ -226,7 +229,8 @@ def main() -> None:
     if "http" in res:
         h = res["http"]
         rows += [
-            {"target": "HTTP batches of 1000 (vectors/s)", "value": h["batch1000"]["vectors_per_s"], "goal": ">= 30000"},
+            {"target": "HTTP batches of 1000 (vectors/s)", "value": h["batch1000"]["vectors_per_s"],
+             "goal": ">= 30000"},
             {"target": "  / in-process bulk", "value": h["batch1000"]["vectors_per_s"] / res["bulk_vectors_per_s"],
              "goal": ">= 0.7"},
             {"target": "HTTP batches of 100 (vectors/s)", "value": h["batch100"]["vectors_per_s"], "goal": ">= 8000"},

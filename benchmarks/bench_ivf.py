@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -90,7 +91,8 @@ def annvq_rows(name, spec, x, xt, xq, gt, nprobes, nlat, tmpdir: Path):
     if ivf and idx.rerank:
         back = annvq.load(path)
         rows += _sweep("annvq", spec + " (vectors on disk)", name, xq, gt, nprobes,
-                       lambda p: setattr(back, "nprobe", p), lambda q: back.search(q, K)[1], t_train + t_add, nbytes, nlat)
+                       lambda p: setattr(back, "nprobe", p), lambda q: back.search(q, K)[1], t_train + t_add,
+                       nbytes, nlat)
     path.unlink()
     for r in rows:
         r["family"] = spec
@@ -142,7 +144,8 @@ def nanopq_rows(name, M, x, xt, xq, gt, nlat):
             out[i] = top[np.argsort(dist[top])]
         return out
 
-    rows = _sweep("nanopq", f"PQ{M}x8 (exhaustive)", name, xq, gt, ["-"], lambda p: None, search, build_s, float(M), nlat)
+    rows = _sweep("nanopq", f"PQ{M}x8 (exhaustive)", name, xq, gt, ["-"], lambda p: None, search, build_s, float(M),
+                  nlat)
     rows[0]["family"] = "nanopq"
     return rows
 
@@ -170,7 +173,7 @@ def summarize(rows, target: float) -> dict[str, float | None]:
     for key in ("R@10", "10-recall@10"):
         for (lib, spec), pts in curves.items():
             summary[f"{lib} {spec} @ {key}={target}"] = qps_at(pts, key, target)
-    for (lib, spec), pts in curves.items():
+    for (_, spec), pts in curves.items():
         if not spec.endswith("fs"):
             continue
         level = min(target, np.floor(1000 * max(p["R@10"] for p in pts)) / 1000)
@@ -204,7 +207,8 @@ def plot(rows, name: str, path: Path) -> None:
             ax.plot([p[key] for p in pts], [p["qps"] for p in pts], style, marker="s" if lib == "nanopq" else "o",
                     ms=6 if lib == "nanopq" else 3.5, color=colours[pts[0]["family"]], label=f"{lib} {spec}")
         ax.set_yscale("log")
-        ax.set_xlabel({"R@10": "1-recall@10 (true nearest neighbour in the top 10)", "10-recall@10": "10-recall@10"}[key])
+        ax.set_xlabel({"R@10": "1-recall@10 (true nearest neighbour in the top 10)",
+                       "10-recall@10": "10-recall@10"}[key])
         ax.set_ylabel("queries per second (1 thread, k=100)")
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
@@ -224,14 +228,14 @@ def real_runs(args) -> dict:
         xt = x  # no learn split in these files: train on the base, as the data README advises
         runs = []
         for spec in args.specs:
-            runs.append(lambda spec=spec: annvq_rows(name, spec, x, xt, xq, gt, args.nprobe, args.latency_queries, RESULTS))
+            runs.append(partial(annvq_rows, name, spec, x, xt, xq, gt, args.nprobe, args.latency_queries, RESULTS))
             if faiss is not None and not args.no_faiss:
-                runs.append(lambda spec=spec: faiss_rows(name, spec, x, xt, xq, gt, args.nprobe, args.latency_queries))
+                runs.append(partial(faiss_rows, name, spec, x, xt, xq, gt, args.nprobe, args.latency_queries))
         if faiss is not None and not args.no_faiss:
             for fs in args.faiss_extra:
-                runs.append(lambda fs=fs: faiss_rows(name, fs, x, xt, xq, gt, args.nprobe, args.latency_queries, fspec=fs))
+                runs.append(partial(faiss_rows, name, fs, x, xt, xq, gt, args.nprobe, args.latency_queries, fspec=fs))
         if nanopq is not None and not args.no_nanopq:
-            runs.append(lambda: nanopq_rows(name, args.nanopq_M, x, xt, xq, gt, args.latency_queries))
+            runs.append(partial(nanopq_rows, name, args.nanopq_M, x, xt, xq, gt, args.latency_queries))
         rows = []
         for run in runs:
             new = run()
@@ -296,8 +300,10 @@ def synthetic_runs(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="*", default=["sift10k", "bigann10k"], help="names in ../shared/data or HDF5 paths")
-    ap.add_argument("--specs", nargs="*", default=["IVF64,PQ16x8", "IVF64,PQ16x8,Refine", "IVF64,OPQ16,PQ16x8", "IVF64,SQ8"])
+    ap.add_argument("--datasets", nargs="*", default=["sift10k", "bigann10k"],
+                    help="names in ../shared/data or HDF5 paths")
+    ap.add_argument("--specs", nargs="*",
+                    default=["IVF64,PQ16x8", "IVF64,PQ16x8,Refine", "IVF64,OPQ16,PQ16x8", "IVF64,SQ8"])
     ap.add_argument("--faiss-extra", nargs="*", default=["IVF64,PQ16x4fs"], help="faiss-only specs (fast-scan)")
     ap.add_argument("--nprobe", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2, 4, 8, 16, 32, 64])
     ap.add_argument("--nanopq-M", type=int, default=16)

@@ -114,8 +114,9 @@ def ivf_rows(name: str, nprobe: int = 8) -> list[dict]:
         _, t_train = timed(lambda idx=idx: idx.train(x))
         _, t_add = timed(lambda idx=idx: idx.add(x))
         I = idx.search(xq, 10, nprobe=nprobe)[1]
-        rows.append({"set": name, "bits": idx.codec.M * idx.codec.nbits, "method": f"annvq IVF64,{spec} nprobe={nprobe}",
-                     "R@1": recall_at(I, gt, 1), "R@10": recall_at(I, gt, 10), "train_s": t_train, "add_s": t_add})
+        rows.append({"set": name, "bits": idx.codec.M * idx.codec.nbits,
+                     "method": f"annvq IVF64,{spec} nprobe={nprobe}", "R@1": recall_at(I, gt, 1),
+                     "R@10": recall_at(I, gt, 10), "train_s": t_train, "add_s": t_add})
     print(markdown_table(rows, ["set", "bits", "method", "R@1", "R@10", "train_s", "add_s"]), flush=True)
     return rows
 
@@ -214,7 +215,8 @@ def drift_rows() -> list[dict]:
         ("sift10k, shift = bigann10k", sift, None, bigann[0],
          {128: ["PQ16x8", "LAT16x8_E8"], 256: ["PQ32x8", "LAT16x16_E8"]}),
         ("emb96 topics, shift = 64 new topics", (x, xq, knn_groundtruth(x, xq, 10)[1]),
-         embeddings(20_000, 96, seed=13, centers=64, center_seed=5), embeddings(20_000, 96, seed=13, centers=64, center_seed=6),
+         embeddings(20_000, 96, seed=13, centers=64, center_seed=5),
+         embeddings(20_000, 96, seed=13, centers=64, center_seed=6),
          {96: ["PQ12x8", "LAT12x8_E8", "LAT12x8_E8_SPH"], 192: ["PQ24x8", "LAT12x16_E8", "LAT24x8_D_SPH"]}),
     ]
     cols = ["set", "bits", "method", "mse_train_base", "mse_train_same", "mse", "mse_ratio", "R@10_train_same", "R@10"]

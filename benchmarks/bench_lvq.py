@@ -131,7 +131,8 @@ def grid() -> list[dict]:
         kw = {"algorithm": algo, "prototypes_per_class": frac, "learning_rate": lr, "beta": beta, "max_iter": it,
               "lr_schedule": sched}
         t = time.perf_counter()
-        gaps = {name: 100 * (knn[name] - evaluate(name, lambda kw=kw: LVQClassifier(random_state=0, **kw), seed=2)["accuracy"])
+        gaps = {name: 100 * (knn[name]
+                             - evaluate(name, lambda kw=kw: LVQClassifier(random_state=0, **kw), seed=2)["accuracy"])
                 for name in SETS}
         rows.append({**kw, **{f"gap_{k}": v for k, v in gaps.items()}, "worst_gap": max(gaps.values()),
                      "seconds": time.perf_counter() - t})

@@ -212,7 +212,7 @@ def rqvae_experiment(x_tr, x_val, x_out, latent: int, M: int, epochs: int, seed:
 
     t0 = time.perf_counter()
     best, best_val, history = params, beam_mse(params, x_val), []
-    for epoch in range(epochs):
+    for _ in range(epochs):
         order = rng.permutation(x_tr.shape[0])
         for s in range(x_tr.shape[0] // batch):
             params, state, _ = step(params, state, jnp.asarray(x_tr[order[s * batch : (s + 1) * batch]]))
@@ -291,8 +291,8 @@ def target_table(rows: list[dict]) -> list[dict]:
              "met": q["R@1"] > best_r1},
             {"bytes": nbytes, "target": "R@10 higher than RQ/AQ/CQ", "value": f"{q['R@10']:.3f} vs {best_r10:.3f}",
              "met": q["R@10"] > best_r10},
-            {"bytes": nbytes, "target": f"training <= 30 min ({THREADS} threads)", "value": f"{q['train_s'] / 60:.1f} min",
-             "met": q["train_s"] <= 1800},
+            {"bytes": nbytes, "target": f"training <= 30 min ({THREADS} threads)",
+             "value": f"{q['train_s'] / 60:.1f} min", "met": q["train_s"] <= 1800},
             {"bytes": nbytes, "target": "encoding >= 300 vectors/s per core", "value": f"{q['encode_vps_core']:.0f}",
              "met": q["encode_vps_core"] >= 300},
         ]
@@ -351,7 +351,8 @@ def main() -> None:
         n_val = 5000
         for nbytes in args.bytes:
             print(f"RQ-VAE vs PCA+RQ, {nbytes} bytes, latent {args.rqvae_latent} ...", flush=True)
-            rqvae.append(rqvae_experiment(x_tr[n_val:], x_tr[:n_val], x_out, args.rqvae_latent, nbytes, args.rqvae_epochs))
+            rqvae.append(rqvae_experiment(x_tr[n_val:], x_tr[:n_val], x_out, args.rqvae_latent, nbytes,
+                                          args.rqvae_epochs))
             print(rqvae[-1], flush=True)
     targets = target_table(rows)
     plots = plot(rows, curves, args.out) if rows else []

@@ -168,7 +168,10 @@ def test_least_squares_dense_and_cg_agree(data):
     codes = rq.encode(x).astype(np.int32)
     dense = least_squares_codebooks(x, codes, rq.codebooks)
     cg = least_squares_codebooks(x, codes, rq.codebooks, max_dense=0)
-    err = lambda cb: float(np.sum((x - cb[np.arange(3)[None, :], codes].sum(1)) ** 2))
+
+    def err(cb):
+        return float(np.sum((x - cb[np.arange(3)[None, :], codes].sum(1)) ** 2))
+
     assert err(dense) <= err(rq.codebooks) + 1e-3
     np.testing.assert_allclose(err(cg), err(dense), rtol=1e-4)
 
@@ -244,7 +247,8 @@ def test_quality_order_on_sift10k_64_bits(sift):
     mse = {
         "pq": ProductQuantizer(128, M=8, nbits=8, niter=10, init="random").fit(train).mse(train),
         "rq": ResidualQuantizer(128, M=8, nbits=8, beam_size=8, niter=10, refine_iters=1).fit(train).mse(train),
-        "aq": AdditiveQuantizer(128, M=8, nbits=8, beam_size=8, train_beam_size=4, niter=4, niter_kmeans=10).fit(train).mse(train),
+        "aq": AdditiveQuantizer(128, M=8, nbits=8, beam_size=8, train_beam_size=4, niter=4,
+                                niter_kmeans=10).fit(train).mse(train),
         "cq": CompositeQuantizer(128, M=8, nbits=8, niter=3, niter_free=3, ramp=1, niter_encoder=1, init="product",
                                 niter_kmeans=10).fit(train).mse(train),
     }

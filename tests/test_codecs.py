@@ -15,7 +15,8 @@ from annvq import (
 )
 
 SEED_PQ_X = np.array(
-    [[2, 3, 6, 6], [2.2, 3.5, 5.8, 6.1], [1.9, 2.8, 6.2, 5.9], [4.1, 5, 8.1, 7.9], [4.3, 5.1, 7.9, 8.2], [3.8, 4.6, 8.2, 8.1]],
+    [[2, 3, 6, 6], [2.2, 3.5, 5.8, 6.1], [1.9, 2.8, 6.2, 5.9],
+     [4.1, 5, 8.1, 7.9], [4.3, 5.1, 7.9, 8.2], [3.8, 4.6, 8.2, 8.1]],
     dtype=np.float32,
 )
 
@@ -87,7 +88,8 @@ def test_linear_ip_matches_ip_tables(trained, i):
     w, b = lin
     T = q.lookup_tables(xq, "ip")
     ref = T[:, np.arange(q.M)[None, :], codes.astype(np.int64)].sum(-1)
-    np.testing.assert_allclose(b[:, None] + w @ codes.T.astype(np.float32), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    np.testing.assert_allclose(b[:, None] + w @ codes.T.astype(np.float32), ref, rtol=1e-4,
+                               atol=1e-4 * np.abs(ref).max())
 
 
 def test_quality_ordering(trained):

@@ -217,7 +217,8 @@ def test_mse_hand_made() -> None:
 
 
 # --- ann-benchmarks HDF5 -------------------------------------------------------------------------
-@pytest.mark.parametrize(("distance", "metric"), [("euclidean", "l2"), ("dot", "ip"), ("angular", "cosine"), ("l2", "l2")])
+@pytest.mark.parametrize(("distance", "metric"),
+                         [("euclidean", "l2"), ("dot", "ip"), ("angular", "cosine"), ("l2", "l2")])
 def test_annb_round_trip(tmp_path: Path, distance: str, metric: str) -> None:
     train = RNG.standard_normal((40, 5)).astype(np.float32)
     test = RNG.standard_normal((6, 5)).astype(np.float32)

@@ -226,7 +226,8 @@ def test_fs_spec_round_trip(text):
     assert IndexSpec.validated(**spec.model_dump()) == spec
 
 
-@pytest.mark.parametrize(("text", "names"), [("PQ8x8fs", "4-bit"), ("RQ8x4fs", "4-bit PQ or OPQ"), ("PQ8fs", "codec part")])
+@pytest.mark.parametrize(("text", "names"),
+                         [("PQ8x8fs", "4-bit"), ("RQ8x4fs", "4-bit PQ or OPQ"), ("PQ8fs", "codec part")])
 def test_bad_fs_specs(text, names):
     with pytest.raises(SpecError, match=names):
         IndexSpec.parse(text)

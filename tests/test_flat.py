@@ -73,7 +73,8 @@ def test_ids_stable_across_remove(data):
     before = idx.reconstruct_batch(ext[[3, 500, 1999]])
     assert idx.remove(ext[:1000]) == 1000
     assert idx.ntotal == 1000
-    np.testing.assert_array_equal(idx.reconstruct_batch(ext[[500 + 500, 1999]]), idx.reconstruct_batch(ext[[1000, 1999]]))
+    np.testing.assert_array_equal(idx.reconstruct_batch(ext[[500 + 500, 1999]]),
+                                  idx.reconstruct_batch(ext[[1000, 1999]]))
     np.testing.assert_array_equal(idx.reconstruct(int(ext[1999])), before[2])
     D, I = idx.search(xq, 20)
     assert np.isin(I, ext[1000:]).all()

@@ -160,8 +160,8 @@ def test_remove_then_add_round_trip(data):
     same = np.array([set(a) == set(b) for a, b in zip(C0[1], C2[1])])
     np.testing.assert_array_equal(R2[0][same], R0[0][same])
     cents = idx.coarse.centroids[idx.list_of(gone[:5])]
-    np.testing.assert_allclose(idx.reconstruct_batch(gone[:5]), cents + idx.codec.decode(idx.codec.encode(x[::3][:5] - cents)),
-                               atol=1e-5)
+    np.testing.assert_allclose(idx.reconstruct_batch(gone[:5]),
+                               cents + idx.codec.decode(idx.codec.encode(x[::3][:5] - cents)), atol=1e-5)
 
 
 def _same_up_to_ties(a, b):

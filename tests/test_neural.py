@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-jax = pytest.importorskip("jax")
-jnp = jax.numpy
+pytest.importorskip("jax")
+import jax
+import jax.numpy as jnp
 
 from annvq.neural import (
     codebook_loss,

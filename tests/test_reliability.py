@@ -196,7 +196,7 @@ def test_oversized_bodies_without_content_length_get_413(tmp_path):
 
         def chunks():
             yield b'{"ids": ['
-            for i in range(2000):
+            for _ in range(2000):
                 yield b"1,"
             yield b"1]}"
 
@@ -289,13 +289,13 @@ def test_searches_during_a_drop_get_200_or_404(server):
         statuses: list[int] = []
         stop = threading.Event()
 
-        def searcher():
+        def searcher(name: str, stop: threading.Event, statuses: list[int]) -> None:
             with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30) as cs:
                 while not stop.is_set():
                     r = cs.post(f"/indexes/{name}/search", json={"vectors": x[:8].tolist(), "k": 5, "nprobe": 8})
                     statuses.append(r.status_code)
 
-        threads = [threading.Thread(target=searcher) for _ in range(3)]
+        threads = [threading.Thread(target=searcher, args=(name, stop, statuses)) for _ in range(3)]
         for t in threads:
             t.start()
         while len(statuses) < 10:
@@ -330,12 +330,12 @@ def test_kill_9_during_checkpoints_seals_and_merges(tmp_path):
     deleted: set[int] = set()
     in_doubt: set[int] = set()  # deletes cut off by the kill: applied or not, never half-applied
     next_id = 0
-    for rnd in range(4):
+    for _ in range(4):
         stop = threading.Event()
 
-        def writer(start: int) -> None:
+        def writer(start: int, port: int, stop: threading.Event) -> None:
             i = start
-            with httpx.Client(base_url=f"http://127.0.0.1:{srv.port}", timeout=30) as c:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
                 while not stop.is_set():
                     x = np.random.default_rng(i).normal(size=(10, d)).astype(np.float32)
                     ids = list(range(i, i + 10))
@@ -356,7 +356,7 @@ def test_kill_9_during_checkpoints_seals_and_merges(tmp_path):
                         return
                     i += 10
 
-        t = threading.Thread(target=writer, args=(next_id,))
+        t = threading.Thread(target=writer, args=(next_id, srv.port, stop))
         t.start()
         threading.Event().wait(float(rng.uniform(0.8, 2.5)))
         srv.stop(signal.SIGKILL)

@@ -132,7 +132,8 @@ def _fill(c, name, spec="SQ8", n=50, train=True):
     assert c.put(f"/indexes/{name}", json={"dim": D, "spec": spec}).status_code == 201
     x = _vectors(n, seed=len(name))
     if train:
-        assert c.post(f"/indexes/{name}/train?wait=true", json={"vectors": (_vectors(300, 9) * 3).tolist()}).status_code == 200
+        assert c.post(f"/indexes/{name}/train?wait=true",
+                      json={"vectors": (_vectors(300, 9) * 3).tolist()}).status_code == 200
     for s in range(0, n, 10):  # one logged operation per batch
         assert c.post(f"/indexes/{name}/vectors", json={"vectors": x[s : s + 10].tolist(),
                                                         "ids": list(range(s, s + 10))}).status_code == 200

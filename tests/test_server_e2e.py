@@ -226,7 +226,8 @@ def test_annvq_serve_takes_settings_from_environment(tmp_path):
     env = {**os.environ, "ANNVQ_HOST": "127.0.0.1", "ANNVQ_PORT": str(port), "ANNVQ_DATA_DIR": str(data)}
     env.pop("ANNVQ_API_KEY", None)
     exe = Path(sys.executable).with_name("annvq")
-    proc = subprocess.Popen([str(exe), "serve"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([str(exe), "serve"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             deadline = time.monotonic() + 60

@@ -88,9 +88,10 @@ def test_specs_are_checked_before_anything_is_built():
     with pytest.raises(SpecError, match="GiB"):
         annvq.index_factory(16, "AQ1024x16")  # 4.3 GB of codebooks: refused, not a MemoryError
     for options, words in [({"random_state": "abc"}, "random_state"), ({"niter": -5}, "niter"),
-                           ({"niter": "5"}, "niter"), ({"beam_size": 0}, "beam_size"), ({"nope": 1}, "no option 'nope'"),
-                           ({"niter": 2.5}, "niter")]:
+                           ({"niter": "5"}, "niter"), ({"beam_size": 0}, "beam_size"),
+                           ({"nope": 1}, "no option 'nope'"), ({"niter": 2.5}, "niter")]:
         with pytest.raises(SpecError, match=words):
             annvq.index_factory(16, IndexSpec.validated(codec="rq", M=2, nbits=4, options=options))
-    idx = annvq.index_factory(16, IndexSpec.validated(codec="rq", M=2, nbits=4, options={"niter": 3, "random_state": 7}))
+    idx = annvq.index_factory(16, IndexSpec.validated(codec="rq", M=2, nbits=4,
+                                                      options={"niter": 3, "random_state": 7}))
     assert idx.codec.niter == 3 and idx.codec.random_state == 7

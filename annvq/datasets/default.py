@@ -133,7 +133,8 @@ def default_descriptors(images: Sequence[str] | None = None, cache_dir: PathLike
     except ValueError as exc:
         raise FormatError(f"{path}: unreadable descriptor cache ({exc}); delete it to recompute") from None
     if pool.dtype != np.uint8 or pool.ndim != 2 or pool.shape[1] != 128:
-        raise FormatError(f"{path}: descriptor cache holds {pool.dtype} {pool.shape}, expected uint8 (n, 128); delete it")
+        raise FormatError(f"{path}: descriptor cache holds {pool.dtype} {pool.shape}, "
+                          "expected uint8 (n, 128); delete it")
     return pool
 
 
@@ -177,7 +178,8 @@ def _with_groundtruth(ds: Dataset, k: int = 100) -> Dataset:
 
 
 def _load_texmex_dir(folder: Path) -> Dataset:
-    """A TEXMEX directory: ``*_base`` and ``*_query`` (.fvecs/.bvecs), optional ``*_learn`` and ``*_groundtruth.ivecs``."""
+    """A TEXMEX directory: ``*_base`` and ``*_query`` (.fvecs/.bvecs), optional ``*_learn`` and
+    ``*_groundtruth.ivecs``."""
     vec_exts = (".fvecs", ".bvecs")
     base, query = _texmex_file(folder, "base", vec_exts), _texmex_file(folder, "query", vec_exts)
     if base is None or query is None:
@@ -208,4 +210,5 @@ def load_dataset(name_or_path: PathLike) -> Dataset:
         return _load_texmex_dir(path)
     if path.suffix.lower() in (".hdf5", ".h5") and path.is_file():
         return _with_groundtruth(load_annb(path))
-    raise InvalidInputError(f"unknown dataset {str(name_or_path)!r}: expected 'default', an .hdf5 file or a texmex directory")
+    raise InvalidInputError(f"unknown dataset {str(name_or_path)!r}: "
+                            "expected 'default', an .hdf5 file or a texmex directory")

@@ -59,7 +59,9 @@ def _candidates(S: np.ndarray, thr: np.ndarray, k: int, offset: int, pad: int) -
     return scores, idx
 
 
-def knn_groundtruth(base, queries, k: int, metric: str = "l2", block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def knn_groundtruth(
+    base, queries, k: int, metric: str = "l2", block: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``k`` nearest neighbours of every query among ``base`` rows: ``(D float32, I int64)``, (nq, k).
 
     ``metric``: ``"l2"`` gives squared distances (ascending), ``"ip"`` inner products and

@@ -25,7 +25,8 @@ _NATIVE = {".fvecs": np.float32, ".ivecs": np.int32, ".bvecs": np.uint8}
 def _suffix(path: PathLike, allowed: tuple[str, ...]) -> str:
     ext = Path(path).suffix.lower()
     if ext not in allowed:
-        raise InvalidInputError(f"{path}: expected a file ending in {' or '.join(allowed)}, got {ext or 'no extension'!r}")
+        raise InvalidInputError(f"{path}: expected a file ending in {' or '.join(allowed)}, "
+                                f"got {ext or 'no extension'!r}")
     return ext
 
 
@@ -162,7 +163,8 @@ def read_vectors(path: PathLike) -> np.ndarray:
     else:
         with _open_hdf5(path) as f:
             if "train" not in f:
-                raise FormatError(f"{path}: HDF5 file has no 'train' dataset (has: {', '.join(sorted(f)) or 'nothing'})")
+                raise FormatError(f"{path}: HDF5 file has no 'train' dataset "
+                                  f"(has: {', '.join(sorted(f)) or 'nothing'})")
             arr = f["train"][()]
     if arr.ndim != 2:
         raise FormatError(f"{path}: expected a 2-D (n, d) array, got shape {arr.shape}")

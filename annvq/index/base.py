@@ -803,7 +803,8 @@ class BaseIndex(ABC):
         return {}
 
     def _set_extra_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        """Restore what :meth:`_extra_arrays` returned (coarse centroids...)."""
+        """Restore what :meth:`_extra_arrays` returned (coarse centroids...); by default there is nothing."""
+        return None
 
 
 def _column(cols: dict[str, Any], name: str, dtype: npt.DTypeLike, ndim: int) -> np.ndarray:

@@ -147,7 +147,8 @@ class TreeCoarse(CoarseQuantizer):
 
     kind = "tree"
 
-    def __init__(self, nlist: int, branching: int = 32, beam: int = 4, niter: int = 20, random_state: int | None = 0) -> None:
+    def __init__(self, nlist: int, branching: int = 32, beam: int = 4, niter: int = 20,
+                 random_state: int | None = 0) -> None:
         super().__init__(nlist, niter, random_state)
         for name, v in (("branching", branching), ("beam", beam)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (2 if name == "branching" else 1):
@@ -161,7 +162,8 @@ class TreeCoarse(CoarseQuantizer):
 
     def fit(self, x: np.ndarray) -> TreeCoarse:
         if x.shape[0] < self.nlist:
-            raise InvalidInputError(f"a tree of {self.nlist} leaves needs at least {self.nlist} training points, got {x.shape[0]}")
+            raise InvalidInputError(f"a tree of {self.nlist} leaves needs at least {self.nlist} training points, "
+                                    f"got {x.shape[0]}")
         rng = np.random.default_rng(self.random_state)
         nodes = [x.mean(axis=0, dtype=np.float64).astype(np.float32)]
         first, nchild, leaf = [0], [0], [-1]  # per node, grown as the tree is built
@@ -218,7 +220,8 @@ class TreeCoarse(CoarseQuantizer):
     def set_arrays(self, arrays: dict[str, np.ndarray], d: int) -> None:
         try:
             nodes = np.ascontiguousarray(arrays["tree_nodes"], dtype=np.float32)
-            first, nchild, leaf = (np.asarray(arrays[k], dtype=np.int64) for k in ("tree_first", "tree_nchild", "tree_leaf"))
+            first, nchild, leaf = (np.asarray(arrays[k], dtype=np.int64)
+                                   for k in ("tree_first", "tree_nchild", "tree_leaf"))
         except KeyError as exc:
             raise FormatError(f"tree coarse quantizer: missing array {exc}") from None
         n = nodes.shape[0] if nodes.ndim == 2 else -1

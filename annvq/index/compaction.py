@@ -51,5 +51,6 @@ class TieredMergePolicy(BaseModel):
                 groups.append(members)
             else:
                 groups.extend([i] for i in members
-                              if segments[i].n and (segments[i].n - segments[i].nlive) > self.max_deleted_ratio * segments[i].n)
+                              if segments[i].n
+                              and (segments[i].n - segments[i].nlive) > self.max_deleted_ratio * segments[i].n)
         return groups

@@ -248,7 +248,10 @@ class FastScanLists:
 
 
 def _check_offsets(list_offsets: np.ndarray | None, n: int) -> np.ndarray:
-    offsets = np.array([0, n], dtype=np.int64) if list_offsets is None else np.ascontiguousarray(list_offsets, dtype=np.int64)
+    if list_offsets is None:
+        offsets = np.array([0, n], dtype=np.int64)
+    else:
+        offsets = np.ascontiguousarray(list_offsets, dtype=np.int64)
     if offsets.ndim != 1 or offsets.shape[0] < 2 or offsets[0] != 0 or offsets[-1] != n or (np.diff(offsets) < 0).any():
         raise InvalidInputError(f"list_offsets must rise from 0 to n={n}")
     return offsets
@@ -275,7 +278,10 @@ def _check_tables(qtab, ptab, probes, consts, M: int, nlist: int):
     probes = np.zeros((nq, 1), dtype=np.int64) if probes is None else np.ascontiguousarray(probes, dtype=np.int64)
     if probes.ndim != 2 or probes.shape[0] != nq or (probes.size and probes.max() >= nlist):
         raise InvalidInputError(f"probes: expected ({nq}, nprobe) list numbers below {nlist}")
-    consts = np.zeros(probes.shape, dtype=np.float32) if consts is None else np.ascontiguousarray(consts, dtype=np.float32)
+    if consts is None:
+        consts = np.zeros(probes.shape, dtype=np.float32)
+    else:
+        consts = np.ascontiguousarray(consts, dtype=np.float32)
     if consts.shape != probes.shape:
         raise InvalidInputError(f"consts: expected shape {probes.shape}, got {consts.shape}")
     return qtab, ptab, probes, consts

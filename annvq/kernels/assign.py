@@ -18,7 +18,8 @@ def sq_norms(x: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, parallel=True)
-def _argmin_rows(dots: np.ndarray, c_norms: np.ndarray, labels: np.ndarray, dist: np.ndarray, x_norms: np.ndarray, off: int):
+def _argmin_rows(dots: np.ndarray, c_norms: np.ndarray, labels: np.ndarray, dist: np.ndarray, x_norms: np.ndarray,
+                 off: int):
     n, k = dots.shape
     for i in prange(n):
         best = np.inf

@@ -187,7 +187,10 @@ def coarse_topk(xq, dots, c_norms, nprobe, use_ip):
         for q in range(g * group, min(nq, (g + 1) * group)):
             qn = np.float32(0.0) if use_ip else _sq_norm(xq[q])
             for c in range(nlist):
-                scores[c] = -dots[q, c] if use_ip else max(qn + c_norms[c] - np.float32(2.0) * dots[q, c], np.float32(0.0))
+                if use_ip:
+                    scores[c] = -dots[q, c]
+                else:
+                    scores[c] = max(qn + c_norms[c] - np.float32(2.0) * dots[q, c], np.float32(0.0))
             c_, t_ = admit(scores, nlist, 0, rd[q], ri[q], cnt[q], thresh[q], nprobe)
             topk_finish(rd[q], ri[q], c_, nprobe, D[q], L[q])
     return D, L

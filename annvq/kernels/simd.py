@@ -64,7 +64,12 @@ __all__ = [
 def _target() -> tuple[str, frozenset[str]]:
     """Architecture and the CPU features Numba generates code for."""
     triple = llb.get_process_triple()
-    arch = "x86_64" if triple.startswith(("x86_64", "amd64")) else "aarch64" if triple.startswith(("aarch64", "arm64")) else triple.split("-")[0]
+    if triple.startswith(("x86_64", "amd64")):
+        arch = "x86_64"
+    elif triple.startswith(("aarch64", "arm64")):
+        arch = "aarch64"
+    else:
+        arch = triple.split("-")[0]
     if config.CPU_FEATURES:
         feats = frozenset(f[1:] for f in config.CPU_FEATURES.split(",") if f.startswith("+"))
     elif config.CPU_NAME and config.CPU_NAME != "host":
@@ -243,12 +248,15 @@ def _lut16_ir(builder: ir.IRBuilder, table: ir.Value, idx: ir.Value) -> ir.Value
     n = table.type.count
     mod = builder.module
     if _X86_AVX2 and n == 32:
-        fn = cgutils.get_or_insert_function(mod, ir.FunctionType(_bytes(32), [_bytes(32), _bytes(32)]), "llvm.x86.avx2.pshuf.b")
+        fn = cgutils.get_or_insert_function(mod, ir.FunctionType(_bytes(32), [_bytes(32), _bytes(32)]),
+                                            "llvm.x86.avx2.pshuf.b")
         return builder.call(fn, [table, idx])
     if _NEON:
-        fn = cgutils.get_or_insert_function(mod, ir.FunctionType(_bytes(16), [_bytes(16), _bytes(16)]), "llvm.aarch64.neon.tbl1.v16i8")
+        fn = cgutils.get_or_insert_function(mod, ir.FunctionType(_bytes(16), [_bytes(16), _bytes(16)]),
+                                            "llvm.aarch64.neon.tbl1.v16i8")
         parts = n // 16
-        return _concat(builder, [builder.call(fn, [t, i]) for t, i in zip(_halves(builder, table, parts), _halves(builder, idx, parts))])
+        pairs = zip(_halves(builder, table, parts), _halves(builder, idx, parts))
+        return _concat(builder, [builder.call(fn, [t, i]) for t, i in pairs])
     out = ir.Constant(_bytes(n), ir.Undefined)
     for i in range(n):
         j = builder.and_(builder.extract_element(idx, ir.Constant(_I32, i)), ir.Constant(_I8, 15))
@@ -298,7 +306,8 @@ def le16_mask(typingctx, a, t):
     def codegen(context, builder, sig, args):
         n = sig.args[0].n
         wt = _words(n)
-        cmp = builder.icmp_unsigned("<=", builder.bitcast(args[0], wt), _splat(builder, _cast_int(builder, args[1], _I16), wt))
+        bound = _splat(builder, _cast_int(builder, args[1], _I16), wt)
+        cmp = builder.icmp_unsigned("<=", builder.bitcast(args[0], wt), bound)
         return builder.zext(builder.bitcast(cmp, ir.IntType(n // 2)), _I64)
 
     return types.int64(a, t), codegen
@@ -324,7 +333,8 @@ def ctz(typingctx, x):
         return None
 
     def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64, ir.IntType(1)]), "llvm.cttz.i64")
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64, ir.IntType(1)]),
+                                            "llvm.cttz.i64")
         return builder.call(fn, [_cast_int(builder, args[0], _I64), ir.Constant(ir.IntType(1), 1)])
 
     return types.int64(x), codegen
@@ -489,7 +499,8 @@ def minmax_rows16(typingctx, src, off, lo, hi, out):
             ptr = builder.gep(a.data, [builder.add(base, ir.Constant(_I64, 16 * r))])
             rows.append(builder.load(builder.bitcast(ptr, _F16.as_pointer()), align=4))
         for pred, aty, arr in (("<", sig.args[2], args[2]), (">", sig.args[3], args[3])):
-            builder.store(_rows_reduce(builder, rows, pred), _elem_ptr(context, builder, aty, arr, args[4], _F16), align=4)
+            builder.store(_rows_reduce(builder, rows, pred), _elem_ptr(context, builder, aty, arr, args[4], _F16),
+                          align=4)
         return context.get_dummy_value()
 
     return types.none(src, off, lo, hi, out), codegen
@@ -544,7 +555,8 @@ def compress_admit(typingctx, sums, mask, c0, inv, label0, rd, ri, cnt):
         bits = builder.bitcast(m16, ir.VectorType(ir.IntType(1), 16))
         n = _cast_int(builder, n, _I64)
         i64x16 = ir.VectorType(_I64, 16)
-        labels = builder.add(_splat(builder, _cast_int(builder, base, _I64), i64x16), ir.Constant(i64x16, list(range(16))))
+        labels = builder.add(_splat(builder, _cast_int(builder, base, _I64), i64x16),
+                             ir.Constant(i64x16, list(range(16))))
         mod = builder.module
         pop = cgutils.get_or_insert_function(mod, ir.FunctionType(_I16, [_I16]), "llvm.ctpop.i16")
         for vec, aty, arr in ((dist, sig.args[5], rdv), (labels, sig.args[6], riv)):
@@ -559,19 +571,22 @@ def compress_admit(typingctx, sums, mask, c0, inv, label0, rd, ri, cnt):
                     w = part.type.count
                     ety = "f32" if vec is dist else "i64"
                     comp = cgutils.get_or_insert_function(
-                        mod, ir.FunctionType(part.type, [part.type, part.type, pb.type]), f"llvm.x86.avx512.mask.compress.v{w}{ety}")
+                        mod, ir.FunctionType(part.type, [part.type, part.type, pb.type]),
+                        f"llvm.x86.avx512.mask.compress.v{w}{ety}")
                     packed = builder.call(comp, [part, ir.Constant(part.type, ir.Undefined), pb])
                     cnt_p = builder.call(pop, [builder.zext(builder.bitcast(pb, ir.IntType(w)), _I16)])
                     prefix = builder.sub(builder.shl(ir.Constant(_I16, 1), cnt_p), ir.Constant(_I16, 1))
                     pmask = builder.bitcast(builder.trunc(prefix, ir.IntType(w)), pb.type)
                     store = cgutils.get_or_insert_function(
-                        mod, ir.FunctionType(ir.VoidType(), [part.type, ptr.type, _I32, pb.type]), f"llvm.masked.store.v{w}{ety}.p0")
+                        mod, ir.FunctionType(ir.VoidType(), [part.type, ptr.type, _I32, pb.type]),
+                        f"llvm.masked.store.v{w}{ety}.p0")
                     builder.call(store, [packed, ptr, ir.Constant(_I32, 4), pmask])
                     ptr = builder.gep(ptr, [builder.zext(cnt_p, _I64)])
             else:
                 suffix = "v16f32" if vec is dist else "v16i64"
                 fn = cgutils.get_or_insert_function(
-                    mod, ir.FunctionType(ir.VoidType(), [vec.type, ptr.type, bits.type]), f"llvm.masked.compressstore.{suffix}")
+                    mod, ir.FunctionType(ir.VoidType(), [vec.type, ptr.type, bits.type]),
+                    f"llvm.masked.compressstore.{suffix}")
                 builder.call(fn, [vec, ptr, bits])
         return builder.add(n, builder.zext(builder.call(pop, [m16]), _I64))
 
@@ -587,7 +602,8 @@ def prefetch(typingctx, arr, i):
 
     def codegen(context, builder, sig, args):
         ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], _I8)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32]),
+        fn = cgutils.get_or_insert_function(builder.module,
+                                            ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32]),
                                             "llvm.prefetch.p0")
         builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
         return context.get_dummy_value()

@@ -158,7 +158,8 @@ class AdditiveCodec(Quantizer):
         x = self._check_x(x)
         if x.shape[0] < self.ksub:
             raise InvalidInputError(
-                f"{type(self).__name__} with nbits={self.nbits} needs at least {self.ksub} training vectors, got {x.shape[0]}")
+                f"{type(self).__name__} with nbits={self.nbits} needs at least {self.ksub} training vectors, "
+                f"got {x.shape[0]}")
         if x.shape[0] > max_train_points:
             rng = np.random.default_rng(self.random_state)
             x = x[np.sort(rng.choice(x.shape[0], max_train_points, replace=False))]

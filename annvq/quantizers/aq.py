@@ -44,8 +44,9 @@ class AdditiveQuantizer(AdditiveCodec):
 
     def fit(self, x: np.ndarray) -> AdditiveQuantizer:
         x = self._check_train(x, self.max_train_points)
-        rq = ResidualQuantizer(self.d, self.M, self.nbits, beam_size=self.train_beam_size, niter=self.niter_kmeans, refine_iters=0,
-                               max_train_points=self.max_train_points, random_state=self.random_state).fit(x)
+        rq = ResidualQuantizer(self.d, self.M, self.nbits, beam_size=self.train_beam_size, niter=self.niter_kmeans,
+                               refine_iters=0, max_train_points=self.max_train_points,
+                               random_state=self.random_state).fit(x)
         self._set_codebooks(rq.codebooks)
         codes = rq._beam(x, self.train_beam_size, True)
         rng = np.random.default_rng(self.random_state)

@@ -74,7 +74,8 @@ class CompositeQuantizer(AdditiveCodec):
             raise InvalidInputError(f"init must be one of {', '.join(_INITS)}, got {init!r}")
         self.penalty, self.niter, self.niter_free = float(penalty), int(niter), int(niter_free)
         self.ramp, self.niter_encoder, self.lbfgs_iters = int(ramp), int(niter_encoder), int(lbfgs_iters)
-        self.icm_sweeps, self.train_ils_rounds, self.ils_rounds = int(icm_sweeps), int(train_ils_rounds), int(ils_rounds)
+        self.icm_sweeps, self.train_ils_rounds = int(icm_sweeps), int(train_ils_rounds)
+        self.ils_rounds = int(ils_rounds)
         self.beam_size, self.init, self.probe_iters = int(beam_size), init, int(probe_iters)
         self.niter_kmeans, self.max_train_points = int(niter_kmeans), int(max_train_points)
         self.eps = 0.0

@@ -83,7 +83,8 @@ class LatticeQuantizer(Quantizer):
         _ = self.code_dtype  # validates nbits
         self.dsub = self.d // self.M
         if self.dsub < 2:
-            raise InvalidInputError(f"lattice quantizer needs at least 2 dims per sub-space, got d/M = {self.dsub} (use SQ)")
+            raise InvalidInputError(f"lattice quantizer needs at least 2 dims per sub-space, "
+                                    f"got d/M = {self.dsub} (use SQ)")
         lattice = str(lattice).lower()
         if lattice == "auto":
             lattice = "e8" if self.dsub == 8 else self._auto_lattice()
@@ -93,7 +94,8 @@ class LatticeQuantizer(Quantizer):
             raise InvalidInputError(f"lattice E8 needs 8 dims per sub-space, got d/M = {self.dsub}")
         if shape not in ("ball", "sphere"):
             raise InvalidInputError(f"shape must be 'ball' or 'sphere', got {shape!r}")
-        if isinstance(max_train_points, bool) or not isinstance(max_train_points, (int, np.integer)) or max_train_points < 1:
+        if (isinstance(max_train_points, bool) or not isinstance(max_train_points, (int, np.integer))
+                or max_train_points < 1):
             raise InvalidInputError(f"max_train_points must be a positive integer, got {max_train_points!r}")
         self.lattice, self.shape = lattice, shape
         self.max_train_points = int(max_train_points)
@@ -222,8 +224,9 @@ class LatticeQuantizer(Quantizer):
         for N in self._shell_candidates():
             G = self.ksub // int(g.shell_sizes[N])
             p, e = np.empty((2, x.shape[0], self.M))
-            encode_sphere(x, self.mean.astype(np.float64), np.ones((self.M, 1)), N, g.lead_val, g.lead_par, g.shell_lead,
-                          g.cnt, g.cls_par, g.cls_mod, g.offset, g.cls_off, np.empty((0, self.M), dtype=self.code_dtype), p, e)
+            encode_sphere(x, self.mean.astype(np.float64), np.ones((self.M, 1)), N,
+                          g.lead_val, g.lead_par, g.shell_lead, g.cnt, g.cls_par, g.cls_mod, g.offset, g.cls_off,
+                          np.empty((0, self.M), dtype=self.code_dtype), p, e)
             levels = np.stack([_lloyd_1d(p[:, m], G) for m in range(self.M)])
             sse = float((e - p * p).sum()) + sum(_quantized_sse(p[:, m], levels[m]) for m in range(self.M))
             if sse < best[0]:
@@ -234,11 +237,13 @@ class LatticeQuantizer(Quantizer):
         """Materialise the (M, 2**nbits, dsub) codebooks that decoding and ADC tables read."""
         g = self._geo
         if self.shape == "ball":
-            pts = unrank_all(0, self.ncodes, self.dsub, g.cnt, g.cls_par, g.cls_mod, g.offset, g.cls_off).astype(np.float32)
+            pts = unrank_all(0, self.ncodes, self.dsub, g.cnt, g.cls_par, g.cls_mod, g.offset,
+                             g.cls_off).astype(np.float32)
             words = self.scale[:, None, None] * pts[None]
         else:
             size = int(g.shell_sizes[self.shell])
-            pts = unrank_all(int(g.offset[self.shell]), size, self.dsub, g.cnt, g.cls_par, g.cls_mod, g.offset, g.cls_off)
+            pts = unrank_all(int(g.offset[self.shell]), size, self.dsub, g.cnt, g.cls_par, g.cls_mod, g.offset,
+                             g.cls_off)
             unit = (pts / np.sqrt(self.shell)).astype(np.float32)
             words = (self.gains[:, :, None, None] * unit[None, None]).reshape(self.M, -1, self.dsub)
         cb = np.zeros((self.M, self.ksub, self.dsub), dtype=np.float32)

@@ -124,7 +124,8 @@ class OPQ(Quantizer):
     def fit(self, x: np.ndarray) -> OPQ:
         x = self._check_x(x)
         if x.shape[0] < self.ksub:
-            raise InvalidInputError(f"OPQ with nbits={self.nbits} needs at least {self.ksub} training vectors, got {x.shape[0]}")
+            raise InvalidInputError(f"OPQ with nbits={self.nbits} needs at least {self.ksub} training vectors, "
+                                    f"got {x.shape[0]}")
         rng = np.random.default_rng(self.random_state)
         if x.shape[0] > self.max_train_points:
             x = x[np.sort(rng.choice(x.shape[0], self.max_train_points, replace=False))]

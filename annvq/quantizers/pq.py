@@ -52,7 +52,8 @@ class ProductQuantizer(Quantizer):
         """Train every sub-codebook; ``init_codebooks`` warm-starts k-means (used by OPQ)."""
         x = self._check_x(x)
         if x.shape[0] < self.ksub:
-            raise InvalidInputError(f"PQ with nbits={self.nbits} needs at least {self.ksub} training vectors, got {x.shape[0]}")
+            raise InvalidInputError(f"PQ with nbits={self.nbits} needs at least {self.ksub} training vectors, "
+                                    f"got {x.shape[0]}")
         seed = np.random.SeedSequence(self.random_state).spawn(self.M)
         for m in range(self.M):
             km = KMeans(self.ksub, niter=self.niter, init=self.init,

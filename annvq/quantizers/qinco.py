@@ -96,7 +96,8 @@ class QINCoQuantizer(AdditiveCodec):
             raise InvalidInputError(f"val_fraction must lie in [0, 1), got {val_fraction}")
         self.embed_dim, self.hidden_dim, self.n_blocks = int(embed_dim), int(hidden_dim), int(n_blocks)
         self.preselect, self.beam_size, self.k_factor = int(preselect), int(beam_size), int(k_factor)
-        self.epochs, self.batch_size, self.lr, self.weight_decay = int(epochs), int(batch_size), float(lr), float(weight_decay)
+        self.epochs, self.batch_size = int(epochs), int(batch_size)
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.prefix_weight = float(prefix_weight)
         self.train_preselect, self.train_beam_size = int(train_preselect), int(train_beam_size)
         self.val_fraction, self.patience = float(val_fraction), int(patience)
@@ -179,7 +180,8 @@ class QINCoQuantizer(AdditiveCodec):
                 f"early stopping needs at least {MIN_VALIDATION}: give more vectors or a larger val_fraction")
         if x.shape[0] - n_val < self.ksub:
             raise InvalidInputError(
-                f"x: {x.shape[0] - n_val} training vectors after the validation split; nbits={self.nbits} needs {self.ksub}")
+                f"x: {x.shape[0] - n_val} training vectors after the validation split; "
+                f"nbits={self.nbits} needs {self.ksub}")
         perm = rng.permutation(x.shape[0])
         x_val, x_tr = x[np.sort(perm[:n_val])], x[np.sort(perm[n_val:])]
         if self.epochs:
@@ -213,7 +215,8 @@ class QINCoQuantizer(AdditiveCodec):
     # --- the interface --------------------------------------------------------------------------------
     def encode(self, x: np.ndarray) -> np.ndarray:
         self._require_trained()
-        codes, _ = qinco_encode(self.weights, self._net, self._normalise(self._check_x(x)), self.preselect, self.beam_size)
+        codes, _ = qinco_encode(self.weights, self._net, self._normalise(self._check_x(x)), self.preselect,
+                                self.beam_size)
         return codes.astype(self.code_dtype)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:

@@ -79,7 +79,8 @@ def concat(sources: Sequence[str | os.PathLike], out: str | os.PathLike, select:
     if len(set(fingerprints)) != 1:
         odd = next(i for i, f in enumerate(fingerprints) if f != fingerprints[0])
         raise InvalidInputError(f"concat: {paths[odd]} was trained with another model than {paths[0]} (fingerprint "
-                                f"{fingerprints[odd]} vs {fingerprints[0]}); codes of different models cannot be merged")
+                                f"{fingerprints[odd]} vs {fingerprints[0]}); "
+                                "codes of different models cannot be merged")
     parts: list[BaseIndex] = []
     try:
         for p in paths:

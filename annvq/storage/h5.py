@@ -95,7 +95,10 @@ def write_file(path: str | os.PathLike, kind: str, params: dict[str, Any], array
                                   chunks=(min(LAZY_CHUNK_ROWS, n), d) if n else None, fletcher32=bool(n))
             for s in range(0, n, _COPY_ROWS):
                 rows = np.arange(s, min(n, s + _COPY_ROWS))
-                ds[s : s + rows.shape[0]] = src[s : s + rows.shape[0]] if isinstance(src, np.ndarray) else src.read(rows)
+                if isinstance(src, np.ndarray):
+                    ds[s : s + rows.shape[0]] = src[s : s + rows.shape[0]]
+                else:
+                    ds[s : s + rows.shape[0]] = src.read(rows)
             header["lazy"][name] = {"dtype": "<f4", "shape": [n, d]}
         body = dumps(header)
         f.attrs["annvq"] = np.frombuffer(body, dtype=np.uint8)
