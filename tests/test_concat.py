@@ -22,7 +22,7 @@ def _parts(tmp_path, spec: str, x: np.ndarray, ids: np.ndarray, cuts: list[int])
     return model, dirs
 
 
-@pytest.mark.parametrize("spec", ["IVF8,PQ4x4,Refine", "RQ2x4", "IVF8,SQ8"])
+@pytest.mark.parametrize("spec", ["IVF8,PQ4x4,Refine", "RQ2x4", "IVF8,SQ8", "IVF8,PQ4x4fs", "PQ4x4fs"])
 def test_concat_equals_one_add_and_keeps_exact_vectors(tmp_path, spec):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 16)).astype(np.float32)
@@ -42,7 +42,7 @@ def test_concat_equals_one_add_and_keeps_exact_vectors(tmp_path, spec):
     seg, rseg = out.segments[0], ref.segments[0]
     assert np.array_equal(np.diff(seg.offsets), np.diff(rseg.offsets))  # same rows per list
     o, ro = np.argsort(seg.ids), np.argsort(rseg.ids)
-    assert np.array_equal(seg.ids[o], rseg.ids[ro]) and np.array_equal(seg.codes[o], rseg.codes[ro])
+    assert np.array_equal(seg.ids[o], rseg.ids[ro]) and np.array_equal(seg.codes_at(o), rseg.codes_at(ro))
     xq = x[:30] + 0.01
     D, I = out.search(xq, 10)
     Dr, Ir = ref.search(xq, 10)

@@ -552,7 +552,7 @@ class ShardedIndex:
         if self.route == "all":
             return [(sh, None) for sh in self._shards]
         nprobe = min(pd.get("nprobe") or self.model.nprobe, self.model.nlist)
-        _, probes = self.model.coarse.search(self.model.prepare(xq, "xq"), nprobe, self.model._codec_metric)
+        _, probes = self.model.coarse.search(self.model.prepare(xq, "xq"), nprobe, self.model.codec_metric)
         owner = np.where(probes >= 0, self._vmap[np.maximum(probes, 0)], -1)
         out = []
         for sh in self._shards:

@@ -104,7 +104,8 @@ class BaseIndex(ABC):
 
     # --- facts ---------------------------------------------------------------------------------
     @property
-    def _codec_metric(self) -> str:
+    def codec_metric(self) -> str:
+        """The metric the codec's tables use: "l2", or "ip" for inner product and cosine."""
         return "l2" if self.metric == "l2" else "ip"
 
     @property
@@ -127,9 +128,10 @@ class BaseIndex(ABC):
         """Whether rows carry a stored ||x_hat||^2 (additive codecs of a flat index under L2)."""
         return False
 
-    def _needs_bias(self) -> bool:
-        """Whether every row has a scan bias even when nothing is deleted."""
-        return self.norms is not None
+    def needs_bias(self) -> bool:
+        """Whether every row of a sealed segment carries a scan bias even when nothing is deleted (stored
+        norms; a fast-scan segment keeps its terms in per-list tables instead)."""
+        return self.norms is not None and not self.fast_scan
 
     @property
     def code_size(self) -> int:
@@ -416,7 +418,7 @@ class BaseIndex(ABC):
         self._growing = self._new_growing()
         if not g.nlive:
             return None
-        seg = self._pack(g.seal(self._next_seg_id, self._needs_bias()))
+        seg = self._pack(g.seal(self._next_seg_id, self.needs_bias()))
         self._next_seg_id += 1
         self._append_segment(seg)
         return seg
@@ -567,7 +569,7 @@ class BaseIndex(ABC):
         cat = lambda f: np.concatenate([f(s, r) for s, r in parts])[order]  # noqa: E731
         ids = cat(lambda s, r: s.ids[r])
         codes = cat(lambda s, r: s.codes_at(r))
-        bias = cat(lambda s, r: s.bias[r]) if self._needs_bias() and not self.fast_scan else np.empty(0, np.float32)
+        bias = cat(lambda s, r: s.bias[r]) if self.needs_bias() else np.empty(0, np.float32)
         norms = cat(lambda s, r: s.norms[r]) if self.norms is not None and self.is_trained else None
         vectors = MemoryVectors(cat(lambda s, r: s.read_vectors(r))) if self._keeps_vectors() else None
         offsets = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=group[0].nlist))]).astype(np.int64)
@@ -744,7 +746,7 @@ class BaseIndex(ABC):
             raise FormatError("next segment id is not above the stored segments' ids")
         if all_ids.size and next_id <= int(all_ids.max()) and next_id <= _MAX_ID:
             raise FormatError("next id is not above the stored ids")
-        self.segments = segments
+        self.segments = [self._pack(seg) for seg in segments]  # a fast-scan index scans packed segments
         self._growing = self._new_growing()
         self._next_seg_id, self._next_id = int(next_seg_id), int(next_id)
 

@@ -28,7 +28,7 @@ class FlatIndex(BaseIndex):
         super().__init__(codec, metric, norm_bits=norm_bits, **kw)
 
     def _stores_norms(self) -> bool:
-        return self.codec.needs_norm(self._codec_metric)
+        return self.codec.needs_norm(self.codec_metric)
 
     def _construct_like(self) -> FlatIndex:
         return FlatIndex(type(self.codec)(**self.codec.get_params()), self.metric,
@@ -59,7 +59,7 @@ class FlatIndex(BaseIndex):
         rd, ri, cnt, thresh = state
         for s in range(0, xq.shape[0], block):
             b = slice(s, s + block)
-            tables = self.codec.lookup_tables(xq[b], self._codec_metric)
+            tables = self.codec.lookup_tables(xq[b], self.codec_metric)
             block_state = (rd[b], ri[b], cnt[b], thresh[b])
             for pos, seg in enumerate(view):
                 if getattr(seg, "packed", None) is not None:

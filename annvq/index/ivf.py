@@ -72,8 +72,8 @@ class IVFIndex(BaseIndex):
     def _extra_trained(self) -> bool:
         return self.coarse.is_trained
 
-    def _needs_bias(self) -> bool:
-        return self.metric == "l2"
+    def needs_bias(self) -> bool:
+        return self.metric == "l2" and not self.fast_scan
 
     def _construct_like(self) -> IVFIndex:
         c = self.coarse
@@ -115,7 +115,7 @@ class IVFIndex(BaseIndex):
     # --- search ----------------------------------------------------------------------------------
     def _scan(self, xq: np.ndarray, view: list, state: tuple, k: int, params: SearchParams) -> None:
         nprobe = min(getattr(params, "nprobe", None) or self.nprobe, self.nlist)
-        cm = self._codec_metric
+        cm = self.codec_metric
         nq, M, K = xq.shape[0], self.codec.M, self.codec.ksub
         block = max(1, _TABLE_BYTES // (M * K * 4))
         rd, ri, cnt, thresh = state
@@ -149,7 +149,7 @@ class IVFIndex(BaseIndex):
         """Per-list tables of a fast-scan index (``||cb||^2 + 2 c.cb`` under L2; None under "ip"),
         computed once per model."""
         if getattr(self, "_ptab_model", None) != self._model_serial:
-            self._ptab = list_tables(self.codec, self.coarse.centroids, self._codec_metric)
+            self._ptab = list_tables(self.codec, self.coarse.centroids, self.codec_metric)
             self._ptab_model = self._model_serial
         return self._ptab
 

@@ -114,12 +114,12 @@ def _merged(index: BaseIndex, segs: list[Segment]) -> Segment:
     lists = np.concatenate([s.lists()[r] for s, r in zip(segs, live)])
     order = np.argsort(lists, kind="stable")
 
-    def cat(column: Callable[[Segment], np.ndarray]) -> np.ndarray:
-        return np.concatenate([column(s)[r] for s, r in zip(segs, live)])[order]
+    def cat(column: Callable[[Segment, np.ndarray], np.ndarray]) -> np.ndarray:
+        return np.concatenate([column(s, r) for s, r in zip(segs, live)])[order]
 
     offsets = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=index.nlist))]).astype(np.int64)
     # the sources were verified on loading and their scan biases computed: carried over, not recomputed
-    bias = cat(lambda s: s.bias) if index._needs_bias() else np.empty(0, np.float32)
-    norms = cat(lambda s: s.norms) if segs[0].norms is not None else None
+    bias = cat(lambda s, r: s.bias[r]) if index.needs_bias() else np.empty(0, np.float32)
+    norms = cat(lambda s, r: s.norms[r]) if index.norms is not None else None  # type: ignore[index]
     vectors = _ConcatVectors([s.vectors for s in segs], live, order, index.d) if segs[0].vectors is not None else None
-    return Segment(1, ids[order], cat(lambda s: s.codes), offsets, bias, norms, vectors)
+    return Segment(1, ids[order], cat(lambda s, r: s.codes_at(r)), offsets, bias, norms, vectors)
