@@ -25,18 +25,18 @@ import pytest
 pytest.importorskip("distributed")
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
-from fastapi.testclient import TestClient  # noqa: E402
+from annvq_server.app import create_app
+from annvq_server.config import ServerConfig
+from annvq_server.durability import INDEX_DIR, wal_name, write_meta
+from annvq_server.sharded import REGISTRY, read_registry
+from annvq_server.state import Meta
+from fastapi.testclient import TestClient
 
-import annvq  # noqa: E402
-from annvq.distributed import build, load_local, read_manifest  # noqa: E402
-from annvq.errors import ClusterError  # noqa: E402
-from annvq.spec import as_spec  # noqa: E402
-from annvq.storage.wal import WriteAheadLog  # noqa: E402
-from annvq_server.app import create_app  # noqa: E402
-from annvq_server.config import ServerConfig  # noqa: E402
-from annvq_server.durability import INDEX_DIR, wal_name, write_meta  # noqa: E402
-from annvq_server.sharded import REGISTRY, read_registry  # noqa: E402
-from annvq_server.state import Meta  # noqa: E402
+import annvq
+from annvq.distributed import build, load_local, read_manifest
+from annvq.errors import ClusterError
+from annvq.spec import as_spec
+from annvq.storage.wal import WriteAheadLog
 
 pytestmark = pytest.mark.distributed
 
@@ -178,7 +178,8 @@ def test_restart_reattaches_sharded_indexes_with_their_writes(dask_client, build
     ref.add(new)
     ref.remove([0, 1, 2])
     registry = read_registry(tmp_path / "data" / REGISTRY)
-    assert {n: (e.manifest, e.replicas) for n, e in registry.items()} == {"demo": (str((build_dir / "index.json").resolve()), 1)}
+    manifest = str((build_dir / "index.json").resolve())
+    assert {n: (e.manifest, e.replicas) for n, e in registry.items()} == {"demo": (manifest, 1)}
     with TestClient(create_app(config)) as c:  # a new service over the same data directory and cluster
         info = c.get("/indexes/demo").json()
         assert info["kind"] == "sharded" and info["ntotal"] == 1507 and info["replicas"] == 1
