@@ -10,6 +10,7 @@ from annvq.spec import WholeNumber, whole_number
 # strict: no strings or booleans passed off as numbers; finite: no NaN or infinity
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 VectorId = Annotated[int, Field(ge=0, le=2**63 - 1), BeforeValidator(whole_number)]  # constraints first: schema
+Positive = Annotated[int, Field(ge=1), BeforeValidator(whole_number)]
 Vectors = Annotated[list[Annotated[list[FiniteFloat], Field(min_length=1)]],
                     Field(min_length=1, description="a batch of vectors, one list of numbers each, all of the "
                                                     "index's dimension")]
@@ -33,8 +34,8 @@ class ManifestRequest(_Body):
     manifest: str = Field(min_length=1, max_length=4096, description="a sharded build made by 'annvq build "
                           "--shards S' (annvq.distributed.build): its directory or index.json, on storage the "
                           "service and the Dask workers share", examples=["/shared/builds/demo"])
-    replicas: WholeNumber | None = Field(None, ge=1, description="actors per shard, on distinct workers (default: "
-                                                                 "the server's replicas setting)")
+    replicas: Positive | None = Field(
+        None, description="actors per shard, on distinct workers (default: the server's replicas setting)")
 
 
 class AddRequest(_Body):
@@ -51,10 +52,10 @@ class TrainRequest(_Body):
 class SearchRequest(_Body):
     vectors: Vectors
     k: WholeNumber = Field(10, ge=1, description="neighbours per query")
-    nprobe: WholeNumber | None = Field(None, ge=1, description="inverted lists to visit (IVF indexes only)")
+    nprobe: Positive | None = Field(None, description="inverted lists to visit (IVF indexes only)")
     rerank: bool | None = Field(None, strict=True, description="re-rank with exact vectors (indexes built with Refine)")
-    k_factor: WholeNumber | None = Field(None, ge=1, le=1024,
-                                 description="re-rank the best k_factor * k candidates (with rerank)")
+    k_factor: Annotated[int, Field(ge=1, le=1024), BeforeValidator(whole_number)] | None = Field(
+        None, description="re-rank the best k_factor * k candidates (with rerank)")
 
 
 class IdsRequest(_Body):
