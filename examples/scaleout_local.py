@@ -80,7 +80,7 @@ def main() -> None:
     use_checkout_service(work, env)
     procs: list[subprocess.Popen] = []
     client = None
-    logs = open(work / "processes.log", "w")  # closed in finally
+    logs = open(work / "processes.log", "w")
 
     def start(*cmd: str) -> subprocess.Popen:
         p = subprocess.Popen([sys.executable, *cmd], env=env, stdout=logs, stderr=subprocess.STDOUT)
