@@ -467,14 +467,20 @@ def serve(
     port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="TCP port (default: $ANNVQ_PORT, else 8000)")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="directory holding the service's indexes (default: $ANNVQ_DATA_DIR, else ./annvq-data)")] = None,
     api_key: Annotated[Optional[str], typer.Option(help="required API key (default: $ANNVQ_API_KEY, else none)")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        help="Dask scheduler (tcp://host:8786) to serve sharded builds from (default: $ANNVQ_SCHEDULER, else none)",
+    )] = None,
+    replicas: Annotated[int | None, typer.Option(
+        min=1, help="replicas per shard of a sharded index (default: $ANNVQ_REPLICAS, else 1)")] = None,
 ) -> None:
-    """Start the REST service (needs the 'server' extra: fastapi, uvicorn)."""
+    """Start the REST service (needs the 'server' extra: fastapi, uvicorn). With --scheduler it also
+    serves sharded builds ('annvq build --shards S') from that Dask cluster (needs the 'distributed' extra)."""
     try:
         from annvq_server.main import run
     except ImportError as exc:
         raise _fail(f"the REST service is not available ({exc}); install annvq[server]") from None
     with _user_errors():
-        run(host, port, None if data_dir is None else str(data_dir), api_key)
+        run(host, port, None if data_dir is None else str(data_dir), api_key, scheduler=scheduler, replicas=replicas)
 
 
 @app.command()

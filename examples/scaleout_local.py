@@ -6,12 +6,11 @@ What it runs, as separate processes (the same commands work across machines)::
     NUMBA_NUM_THREADS=1 python -m distributed.cli.dask_worker --scheduler-file WORK/scheduler.json \\
         --nthreads 1 --nworkers 2                                                      # "dask worker"
     annvq build WORK/base.npy --index IVF64,PQ8x8 --out WORK/build --scheduler tcp://... --shards 2
-    annvq serve --data-dir WORK/service --port PORT
+    annvq serve --data-dir WORK/service --port PORT --scheduler tcp://...
+    curl -X PUT localhost:PORT/indexes/demo -d '{"manifest": "WORK/build"}'                # serve the build
 
 then searches the build through ``annvq.distributed.ShardedIndex`` (2 shards on the 2 workers) and
-through the REST service, and checks that both answer alike. Until ``annvq serve --scheduler`` serves
-sharded indexes itself, the service is given the build as one local index (``load_local``), stored
-in its data directory the way the service stores its indexes.
+through the REST service, which serves it from the same cluster, and checks that both answer alike.
 
     python examples/scaleout_local.py               # prints OK at the end; exit status 0
     python examples/scaleout_local.py --keep WORK   # keep the work directory
@@ -56,28 +55,9 @@ def http(method: str, url: str, body: dict | None = None) -> dict:
         return json.loads(resp.read())
 
 
-def seed_service(build_dir: Path, data_dir: Path, name: str) -> None:
-    """Put the build, as one local index, into the service's data directory (its on-disk layout:
-    meta.json, the index directory at log position 0, an empty write-ahead log)."""
-    from annvq_server.durability import INDEX_DIR, wal_name, write_meta
-    from annvq_server.state import Meta
-
-    import annvq
-    from annvq.distributed import load_local, read_manifest
-    from annvq.spec import as_spec
-    from annvq.storage.wal import WriteAheadLog
-
-    m = read_manifest(build_dir)
-    path = data_dir / name
-    path.mkdir(parents=True)
-    write_meta(path, Meta(m.d, as_spec(m.spec), m.metric))
-    annvq.save(load_local(build_dir), path / INDEX_DIR, metadata={"lsn": 0})
-    WriteAheadLog.create(path / wal_name(1), 1).close()
-
-
 def use_checkout_service(work: Path, env: dict[str, str]) -> None:
-    """From a source checkout, import the service (package ``annvq_server``, directory ``server/``) from
-    this checkout, here and in child processes, whatever an installed copy says."""
+    """From a source checkout, run the service (package ``annvq_server``, directory ``server/``) of this
+    checkout in child processes, whatever an installed copy says."""
     if not (ROOT / "server" / "__init__.py").is_file():
         return
     pkgs = work / "pkgs"
@@ -85,7 +65,6 @@ def use_checkout_service(work: Path, env: dict[str, str]) -> None:
     link = pkgs / "annvq_server"
     if not link.exists():
         link.symlink_to(ROOT / "server", target_is_directory=True)
-    sys.path.insert(0, str(pkgs))
     env["PYTHONPATH"] = os.pathsep.join([str(pkgs), env["PYTHONPATH"]])
 
 
@@ -140,9 +119,8 @@ def main() -> None:
               f"{sorted({r['worker'] for s in facts['shards'] for r in s['replicas']})}", flush=True)
 
         port = free_port()
-        seed_service(work / "build", work / "service", "demo")
         start("-c", "from annvq.cli import app; app()", "serve", "--data-dir", str(work / "service"),
-              "--port", str(port))
+              "--port", str(port), "--scheduler", address)
         base = f"http://127.0.0.1:{port}"
 
         def ready() -> bool:
@@ -152,12 +130,15 @@ def main() -> None:
                 return False
 
         wait_for(ready, "the service")
+        described = http("PUT", f"{base}/indexes/demo", {"manifest": str(work / "build")})
+        assert described["kind"] == "sharded" and described["ntotal"] == args.n, described
         got = http("POST", f"{base}/indexes/demo/search", {"vectors": xq.tolist(), "k": 5, "nprobe": 8})
-        described = http("GET", f"{base}/indexes/demo")
-        assert described["ntotal"] == args.n, described
         assert np.array_equal(np.asarray(got["ids"]), I), "the service and the sharded index disagree"
-        assert np.allclose(np.asarray(got["distances"], dtype=np.float32), D, rtol=1e-5)
-        print(f"service at {base}: {described['ntotal']} vectors, same results as the sharded index", flush=True)
+        assert np.array_equal(np.asarray(got["distances"], dtype=np.float32), D)
+        added = http("POST", f"{base}/indexes/demo/vectors", {"vectors": xq[:2].tolist()})["ids"]
+        assert added == [args.n, args.n + 1] and http("GET", f"{base}/indexes/demo")["ntotal"] == args.n + 2
+        print(f"service at {base}: {described['ntotal']} vectors in {len(described['shards'])} shards, same "
+              "results as the sharded index", flush=True)
         print("OK")
     finally:
         if client is not None:

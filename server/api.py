@@ -20,7 +20,7 @@ from fastapi import Path as PathParam
 from annvq.errors import InvalidInputError
 
 from . import models
-from .bodies import check_count, media_type, parse_binary, parse_json
+from .bodies import check_count, has_key, media_type, parse_binary, parse_json
 from .config import ServerConfig
 from .errors import LimitExceeded, Unavailable
 from .jobs import Job
@@ -73,9 +73,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": models.ErrorResponse} for s in (400, 401, 404, 405, 409, 413, 415, 422, 500, 503)}
 
 
-def _body_doc(model: type, binary: bool, required: bool = True) -> dict[str, Any]:
-    """OpenAPI request body: ``model`` as JSON and, when ``binary``, raw little-endian float32 vectors."""
-    content: dict[str, Any] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+def _body_doc(model: type | tuple[type, ...], binary: bool, required: bool = True) -> dict[str, Any]:
+    """OpenAPI request body: ``model`` (or one of several) as JSON and, when ``binary``, raw little-endian
+    float32 vectors."""
+    refs = [{"$ref": f"#/components/schemas/{m.__name__}"} for m in (model if isinstance(model, tuple) else (model,))]
+    content: dict[str, Any] = {"application/json": {"schema": refs[0] if len(refs) == 1 else {"oneOf": refs}}}
     text = "JSON"
     if binary:
         content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
@@ -180,7 +182,7 @@ async def ready(ctx: Ctx) -> FastJSONResponse:
     """Readiness: 200 once every index is recovered (``degraded`` lists damaged indexes and failing
     checkpoints), 503 while starting or shutting down."""
     problems = ctx.service.problems()
-    return FastJSONResponse({"status": "degraded" if problems else "ready", "indexes": len(ctx.service.indexes),
+    return FastJSONResponse({"status": "degraded" if problems else "ready", "indexes": len(ctx.service.names()),
                              "problems": problems or None})
 
 
@@ -192,12 +194,33 @@ async def list_indexes(ctx: Ctx) -> FastJSONResponse:
 
 @router.put("/indexes/{name}", operation_id="createIndex", status_code=201, response_model=models.IndexInfo,
             responses={**_ERRORS, 201: _CREATED},
-            openapi_extra=_body_doc(models.CreateIndexRequest, binary=False), tags=["indexes"])
+            openapi_extra=_body_doc((models.CreateIndexRequest, models.ManifestRequest), binary=False),
+            tags=["indexes"])
 async def create_index(name: IndexName, request: Request, ctx: Ctx) -> FastJSONResponse:
-    """Create an empty index from a spec; add vectors and train it in either order."""
-    body, _ = await _json(request, models.CreateIndexRequest, ctx)
-    info = await ctx.write(ctx.service.create, name, body.dim, body.spec, body.metric)
+    """Create an empty index from a spec (add vectors and train it in either order), or serve a sharded
+    build made by ``annvq build --shards S`` from the service's Dask cluster (``manifest``; needs
+    ``--scheduler``, else 409 no_scheduler). A sharded index answers the same routes: search, add,
+    delete, vectors by id, describe (with its shards and replicas), drop; a shard with no live
+    replica makes its requests answer 503, never a partial result."""
+    raw = await read_body(request)
+    if has_key(raw, "manifest"):
+        req, _ = await _json(request, models.ManifestRequest, ctx, body=raw)
+        info = await ctx.write(ctx.service.create_sharded, name, req.manifest, req.replicas)
+    else:
+        body, _ = await _json(request, models.CreateIndexRequest, ctx, body=raw)
+        info = await ctx.write(ctx.service.create, name, body.dim, body.spec, body.metric)
     return FastJSONResponse(info, status_code=201)
+
+
+@router.put("/indexes/{name}/manifest", operation_id="swapManifest", response_model=models.IndexInfo,
+            responses=_ERRORS, openapi_extra=_body_doc(models.ManifestRequest, binary=False), tags=["indexes"])
+async def swap_manifest(name: IndexName, request: Request, ctx: Ctx) -> FastJSONResponse:
+    """Blue/green swap of a sharded index to another build (a rebuild with more data, another spec or
+    shard count): the new build's shards are placed while the old one serves, then the name flips to
+    it between two requests, and the old actors are released once their requests end. Writes made to
+    the old build are not copied. 409 for a local index."""
+    req, _ = await _json(request, models.ManifestRequest, ctx)
+    return FastJSONResponse(await ctx.write(ctx.service.swap_manifest, name, req.manifest, req.replicas))
 
 
 @router.get("/indexes/{name}", operation_id="describeIndex", response_model=models.IndexInfo, responses=_ERRORS, tags=["indexes"])
@@ -207,7 +230,8 @@ async def describe_index(name: IndexName, ctx: Ctx) -> FastJSONResponse:
 
 @router.delete("/indexes/{name}", operation_id="dropIndex", response_model=models.Status, responses=_ERRORS, tags=["indexes"])
 async def drop_index(name: IndexName, ctx: Ctx) -> FastJSONResponse:
-    """Delete the index and all its files (a damaged one too)."""
+    """Delete the index and all its files (a damaged one too). A sharded index is no longer served; its
+    build's files stay."""
     await ctx.write(ctx.service.drop, name)
     return FastJSONResponse({"status": "dropped"})
 

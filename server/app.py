@@ -145,8 +145,8 @@ def _openapi(app: FastAPI, config: ServerConfig) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     limits = {"AddRequest": config.max_batch, "TrainRequest": config.max_batch, "SearchRequest": config.max_queries}
     components["IndexSpec"] = IndexSpec.model_json_schema(ref_template="#/components/schemas/{model}")
-    for model in (models.CreateIndexRequest, models.AddRequest, models.TrainRequest, models.SearchRequest,
-                  models.IdsRequest):
+    for model in (models.CreateIndexRequest, models.ManifestRequest, models.AddRequest, models.TrainRequest,
+                  models.SearchRequest, models.IdsRequest):
         s = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(s.pop("$defs", {}))
         props = s.get("properties", {})
@@ -192,7 +192,13 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                                            initializer=numba.set_num_threads, initargs=(threads,))
         ctx.write_pool = ThreadPoolExecutor(_WRITE_WORKERS, thread_name_prefix="annvq-write")
         ctx.service = IndexService(config)
-        await loop.run_in_executor(ctx.write_pool, ctx.service.open)
+        try:
+            await loop.run_in_executor(ctx.write_pool, ctx.service.open)
+        except AnnvqError as exc:  # e.g. ClusterError: the scheduler cannot be reached
+            log.error("the service cannot start: %s", exc)
+            ctx.read_pool.shutdown()
+            ctx.write_pool.shutdown()
+            raise
         ctx.ready = True
         try:
             yield

@@ -219,6 +219,11 @@ def measure_rows(buf, s, e, ws, num):
 _VECTORS_KEY = np.frombuffer(b"vectors", dtype=np.uint8)
 
 
+def has_key(body: bytes | bytearray, key: str) -> bool:
+    """Whether ``body`` is a JSON object with the top-level key ``key`` (the rest is not parsed)."""
+    return find_key(np.frombuffer(body, dtype=np.uint8), np.frombuffer(key.encode(), dtype=np.uint8), _WS)[0] >= 0
+
+
 def _invalid(loc: tuple[Any, ...], msg: str, kind: str = "value_error") -> RequestValidationError:
     return RequestValidationError([{"type": kind, "loc": loc, "msg": msg}])
 

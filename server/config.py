@@ -44,12 +44,19 @@ class ServerConfig(BaseModel):
     search_threads: int = Field(1, ge=1, description="Numba threads inside one search (1: requests run side by side "
                                                     "instead, without thread-team start-up waits on a busy machine)")
     train_workers: int = Field(1, ge=1, description="training jobs that may run at the same time")
+    scheduler: str | None = Field(None, description="Dask scheduler address (e.g. tcp://host:8786): serve sharded "
+                                                    "indexes built by 'annvq build' from that cluster; unset: local "
+                                                    "indexes only, and Dask is never imported")
+    scheduler_timeout: float = Field(10.0, gt=0, description="seconds to wait for the scheduler at start before "
+                                                             "giving up")
+    replicas: int = Field(1, ge=1, description="replicas of every shard of a sharded index, on distinct workers, "
+                                               "unless its request says otherwise")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log verbosity")
     access_log: bool = Field(False, description="log every request")
 
-    @field_validator("api_key")
+    @field_validator("api_key", "scheduler")
     @classmethod
-    def _empty_key_is_none(cls, v: str | None) -> str | None:
+    def _empty_is_none(cls, v: str | None) -> str | None:
         return v or None
 
     @field_validator("log_level", mode="before")

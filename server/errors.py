@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from annvq.errors import (
     AnnvqError,
+    ClusterError,
     DimensionError,
     DuplicateIdError,
     FormatError,
     InvalidInputError,
     NotTrainedError,
+    ShardUnavailableError,
     SpecError,
     UnknownIdError,
 )
@@ -98,6 +100,8 @@ HTTP_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (TooLarge, 413),
     (LimitExceeded, 400),
     (Unavailable, 503),
+    (ShardUnavailableError, 503),
+    (ClusterError, 503),
     (DimensionError, 400),
     (SpecError, 400),
     (InvalidInputError, 400),
@@ -107,6 +111,8 @@ ANNVQ_CODES: tuple[tuple[type[AnnvqError], str], ...] = (
     (UnknownIdError, "unknown_id"),
     (NotTrainedError, "not_trained"),
     (DuplicateIdError, "duplicate_id"),
+    (ShardUnavailableError, "shard_unavailable"),
+    (ClusterError, "cluster_unavailable"),
     (DimensionError, "dimension_mismatch"),
     (SpecError, "invalid_spec"),
     (InvalidInputError, "invalid_input"),

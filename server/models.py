@@ -10,6 +10,7 @@ from annvq.spec import WholeNumber, whole_number
 # strict: no strings or booleans passed off as numbers; finite: no NaN or infinity
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 VectorId = Annotated[int, Field(ge=0, le=2**63 - 1), BeforeValidator(whole_number)]  # constraints first: schema
+Positive = Annotated[int, Field(ge=1), BeforeValidator(whole_number)]
 Vectors = Annotated[list[Annotated[list[FiniteFloat], Field(min_length=1)]],
                     Field(min_length=1, description="a batch of vectors, one list of numbers each, all of the "
                                                     "index's dimension")]
@@ -29,6 +30,14 @@ class CreateIndexRequest(_Body):
     metric: Literal["l2", "ip", "cosine"] = Field("l2", description="l2: squared distances; ip, cosine: similarities")
 
 
+class ManifestRequest(_Body):
+    manifest: str = Field(min_length=1, max_length=4096, description="a sharded build made by 'annvq build "
+                          "--shards S' (annvq.distributed.build): its directory or index.json, on storage the "
+                          "service and the Dask workers share", examples=["/shared/builds/demo"])
+    replicas: Positive | None = Field(
+        None, description="actors per shard, on distinct workers (default: the server's replicas setting)")
+
+
 class AddRequest(_Body):
     vectors: Vectors
     ids: list[VectorId] | None = Field(None, description="external ids, one per vector, unused in the index; "
@@ -43,10 +52,10 @@ class TrainRequest(_Body):
 class SearchRequest(_Body):
     vectors: Vectors
     k: WholeNumber = Field(10, ge=1, description="neighbours per query")
-    nprobe: WholeNumber | None = Field(None, ge=1, description="inverted lists to visit (IVF indexes only)")
+    nprobe: Positive | None = Field(None, description="inverted lists to visit (IVF indexes only)")
     rerank: bool | None = Field(None, strict=True, description="re-rank with exact vectors (indexes built with Refine)")
-    k_factor: WholeNumber | None = Field(None, ge=1, le=1024,
-                                 description="re-rank the best k_factor * k candidates (with rerank)")
+    k_factor: Annotated[int, Field(ge=1, le=1024), BeforeValidator(whole_number)] | None = Field(
+        None, description="re-rank the best k_factor * k candidates (with rerank)")
 
 
 class IdsRequest(_Body):
@@ -67,11 +76,36 @@ class Job(BaseModel):
     finished_at: float | None
 
 
+class ReplicaInfo(BaseModel):
+    worker: str = Field(description="address of the Dask worker holding the replica")
+    alive: bool
+    outstanding: int = Field(description="calls in flight")
+    logger: bool = Field(description="the replica that logs the shard's writes")
+
+
+class ShardInfo(BaseModel):
+    shard: int
+    path: str = Field(description="the shard's directory, relative to the build")
+    available: bool = Field(description="false: no live replica; requests needing the shard answer 503")
+    live_replicas: int
+    replicas: list[ReplicaInfo]
+    ntotal: int
+    memory_bytes: int = Field(description="bytes held by one replica")
+    segments: int
+    deleted: int
+    lsn: int | None = Field(description="sequence number of the shard's last logged write")
+
+
 class IndexInfo(BaseModel):
     name: str
-    state: Literal["ready", "damaged"] = Field(description="damaged: refuses reads and writes until repaired or "
-                                                           "dropped; see damage")
-    damage: str | None = Field(description="what failed verification (file and byte offset)")
+    kind: Literal["local", "sharded"] = Field("local", description="local: held by this process; sharded: a build "
+                                          "served from the Dask cluster (see manifest, shards)")
+    state: Literal["ready", "damaged", "unavailable"] = Field(
+        description="damaged: refuses reads and writes until repaired or dropped, see damage; unavailable: a "
+                    "sharded index with a shard that has no live replica, or whose build could not be attached "
+                    "(see damage); its requests answer 503")
+    damage: str | None = Field(description="what failed verification (file and byte offset), or why a sharded "
+                                           "index is unavailable")
     dim: int | None
     metric: str | None
     spec: str | None
@@ -88,6 +122,12 @@ class IndexInfo(BaseModel):
     checkpoint_lsn: int | None = Field(None, description="sequence number covered by the last checkpoint")
     checkpoint_error: str | None = Field(None, description="the last checkpoint failure, while checkpoints fail")
     job: Job | None = Field(None, description="the latest training job")
+    manifest: str | None = Field(None, description="sharded: the build's manifest file")
+    fingerprint: str | None = Field(None, description="sharded: hash of the build's trained model")
+    replicas: int | None = Field(None, description="sharded: replicas per shard")
+    healthy: bool | None = Field(None, description="sharded: every shard has all its replicas alive")
+    memory_bytes_all_replicas: int | None = Field(None, description="sharded: bytes held by every live replica")
+    shards: list[ShardInfo] | None = Field(None, description="sharded: every shard with its replicas and their health")
 
 
 class IndexList(BaseModel):

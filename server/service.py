@@ -10,6 +10,9 @@ Two background threads keep indexes in shape: one checkpoints indexes with logge
 exponential backoff and reported by ``/ready`` and the index's description), the other merges sealed
 segments as the index's merge policy asks, reading them outside any lock and swapping the result in
 under the write lock.
+
+Sharded indexes (builds served from a Dask cluster, see server.sharded) share the same names and
+methods: each method hands a sharded index's requests to :class:`~server.sharded.ShardedService`.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from .config import ServerConfig
 from .durability import INDEX_DIR, RepairReport, apply, checkpoint, initialise, recover, repair
 from .errors import Conflict, IndexExists, IndexNotFound, JobNotFound, LimitExceeded, Unavailable
 from .jobs import KEPT_JOBS, Job
+from .sharded import ShardedService
 from .state import IndexState, Meta
 from annvq.storage.wal import OP_ADD, OP_DELETE, Record
 
@@ -57,12 +61,16 @@ class IndexService:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._train_slots = threading.Semaphore(config.train_workers)
+        self.sharded = ShardedService(config)
         self.closing = False
 
     # --- life cycle ---------------------------------------------------------------------------
     def open(self) -> None:
-        """Recover every index in the data directory (damaged ones are kept, marked), start the background threads."""
+        """Recover every index in the data directory (damaged ones are kept, marked), attach the sharded ones
+        (connecting to the scheduler first, if any: ClusterError when it cannot be reached), start the
+        background threads."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.sharded.open()
         for entry in sorted(self.data_dir.iterdir()):
             if entry.name.startswith((".creating-", ".trash-")):
                 shutil.rmtree(entry, ignore_errors=True)
@@ -73,8 +81,8 @@ class IndexService:
             t.start()
             self._threads.append(t)
         damaged = [n for n, st in self.indexes.items() if st.damage]
-        log.info("service open at %s: %d index(es)%s", self.data_dir, len(self.indexes),
-                 f", damaged: {', '.join(damaged)}" if damaged else "")
+        log.info("service open at %s: %d index(es), %d sharded%s", self.data_dir, len(self.indexes),
+                 len(self.sharded.names()), f", damaged: {', '.join(damaged)}" if damaged else "")
 
     def close(self) -> None:
         """Checkpoint every index with logged operations and close its log; running training is abandoned."""
@@ -94,6 +102,7 @@ class IndexService:
                         log.exception("final checkpoint of %r failed; its log will be replayed at start", st.name)
                 if st.wal is not None:
                     st.wal.close()
+        self.sharded.close()
 
     def problems(self) -> dict[str, str]:
         """Indexes that are damaged or cannot checkpoint, with the reason (for /ready)."""
@@ -103,7 +112,7 @@ class IndexService:
                 out[name] = f"damaged: {st.damage}"
             elif st.checkpoint.error:
                 out[name] = f"checkpoint failing ({st.checkpoint.failures}x): {st.checkpoint.error}"
-        return out
+        return {**out, **self.sharded.problems()}
 
     # --- lookups ------------------------------------------------------------------------------
     def get(self, name: str) -> IndexState:
@@ -121,15 +130,19 @@ class IndexService:
         return st.usable()
 
     def dim(self, name: str) -> int:
+        if name in self.sharded:
+            return self.sharded.dim(name)
         st = self.get(name)
         st.usable()
         assert st.meta is not None  # a usable index has its meta
         return st.meta.dim
 
     def names(self) -> list[str]:
-        return sorted(self.indexes)
+        return sorted([*self.indexes, *self.sharded.names()])
 
     def describe(self, name: str) -> dict[str, Any]:
+        if name in self.sharded:
+            return self.sharded.describe(name)
         st = self.get(name)
         with st.rw.read():
             return st.describe()
@@ -158,7 +171,7 @@ class IndexService:
         with self._lock:
             if self.closing:
                 raise Unavailable("shutting_down", "the service is shutting down")
-            if name in self.indexes:
+            if name in self.indexes or name in self.sharded:
                 raise IndexExists(f"index {name!r} already exists")
             tmp = self.data_dir / f".creating-{name}-{uuid.uuid4().hex}"
             try:
@@ -172,8 +185,35 @@ class IndexService:
             self.indexes[name] = recover(self.data_dir / name)
         return self.describe(name)
 
+    def create_sharded(self, name: str, manifest: str, replicas: int | None = None) -> dict[str, Any]:
+        """Serve the sharded build at ``manifest`` (a path the service and the workers share) as ``name``."""
+        if not _NAME_RE.match(name):
+            raise InvalidInputError(f"index name {name!r}: use 1-64 letters, digits, '_' or '-'")
+        with self._lock:
+            if self.closing:
+                raise Unavailable("shutting_down", "the service is shutting down")
+            if name in self.indexes or name in self.sharded:
+                raise IndexExists(f"index {name!r} already exists")
+            return self.sharded.create(name, manifest, replicas)
+
+    def swap_manifest(self, name: str, manifest: str, replicas: int | None = None) -> dict[str, Any]:
+        """Blue/green: serve the sharded index ``name`` from the build at ``manifest``, with no downtime."""
+        if name in self.indexes:
+            raise Conflict("not_sharded", f"index {name!r} is a local index, not a sharded build: it has no "
+                                          "manifest to swap")
+        return self.sharded.swap(name, manifest, replicas)
+
+    def _not_sharded(self, name: str, what: str) -> None:
+        if name in self.sharded:
+            raise Conflict("sharded_index", f"index {name!r} is sharded: {what}")
+
     def drop(self, name: str) -> None:
-        """Delete the index and its files (also a damaged one). Searches already running finish normally."""
+        """Delete the index and its files (also a damaged one); a sharded index is no longer served, its build
+        stays. Searches already running finish normally."""
+        if name in self.sharded:
+            with self._lock:
+                self.sharded.drop(name)
+            return
         with self._lock:
             st = self.get(name)
             with st.write_mutex:
@@ -188,6 +228,8 @@ class IndexService:
 
     def repair(self, name: str) -> RepairReport:
         """Salvage a damaged index (see server.durability.repair) and bring it back online."""
+        self._not_sharded(name, "its shards are checked when they are loaded; swap it to a build "
+                                f"(PUT /indexes/{name}/manifest) instead")
         with self._lock:
             st = self.get(name)
             with st.write_mutex:
@@ -205,6 +247,8 @@ class IndexService:
         The vectors are encoded before the write mutex is taken, so concurrent adds encode in parallel;
         only the checks of ids, the log append and the in-memory append are serialised.
         """
+        if name in self.sharded:
+            return self.sharded.add(name, x, ids)
         st = self.get(name)
         batch = st.usable().encode(x)
         with st.write_mutex:
@@ -215,6 +259,8 @@ class IndexService:
 
     def delete(self, name: str, ids: Any) -> int:
         """Durably delete vectors by id; unknown or repeated ids are refused before anything changes."""
+        if name in self.sharded:
+            return self.sharded.delete(name, ids)
         st = self.get(name)
         with st.write_mutex:
             ids = self._check_writable(st).check_remove(ids)
@@ -235,6 +281,8 @@ class IndexService:
 
     # --- reads --------------------------------------------------------------------------------
     def search(self, name: str, xq: Any, k: int, **params: Any) -> tuple[np.ndarray, np.ndarray]:
+        if name in self.sharded:
+            return self.sharded.search(name, xq, k, **params)
         st = self.get(name)
         with st.rw.read(), self._verified(st):
             return st.usable().search(xq, k, **params)
@@ -242,6 +290,8 @@ class IndexService:
     def retrieve(self, name: str, ids: Any) -> tuple[np.ndarray, bool]:
         """Vectors for ``ids``: exact where the index keeps them (raw before training, Refine), else
         reconstructions; and which it is."""
+        if name in self.sharded:
+            return self.sharded.retrieve(name, ids)
         st = self.get(name)
         with st.rw.read(), self._verified(st):
             return st.usable().fetch(ids)
@@ -259,6 +309,8 @@ class IndexService:
     # --- training -----------------------------------------------------------------------------
     def start_training(self, name: str, x: Any = None) -> Job:
         """Queue a training job on ``x`` or, when None, on the exact vectors the index holds."""
+        self._not_sharded(name, "its model was trained by its build; build again (annvq build) and swap the "
+                                f"new build in (PUT /indexes/{name}/manifest)")
         st = self.get(name)
         with st.write_mutex:
             index = self._check_writable(st)
@@ -281,6 +333,7 @@ class IndexService:
         return job
 
     def job(self, name: str, job_id: str) -> Job:
+        self._not_sharded(name, "it runs no training jobs")
         job = self.get(name).jobs.get(job_id)
         if job is None:
             raise JobNotFound(f"index {name!r} has no job {job_id!r}")
@@ -356,6 +409,7 @@ class IndexService:
                         st.checkpoint.failed(exc, self.config.checkpoint_backoff_seconds)
                         log.error("checkpoint of %r failed (%d in a row; next try in %.0f s): %s", st.name,
                                   st.checkpoint.failures, st.checkpoint.retry_at - time.monotonic(), exc)
+            self.sharded.checkpoint(self.config.checkpoint_ops)
 
     def _compaction_loop(self) -> None:
         while not self._stop.wait(self.config.compaction_seconds):

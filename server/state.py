@@ -88,13 +88,14 @@ class IndexState:
     def describe(self) -> dict[str, Any]:
         """Facts about the index; call with the read lock held."""
         if self.damage is not None or self.index is None or self.meta is None:
-            return {"name": self.name, "state": "damaged", "damage": self.damage,
+            return {"name": self.name, "kind": "local", "state": "damaged", "damage": self.damage,
                     "dim": self.meta.dim if self.meta else None, "metric": self.meta.metric if self.meta else None,
                     "spec": self.meta.spec.to_string() if self.meta else None}
         index = self.index
         info = index.info()
         return {
-            "name": self.name, "state": "ready", "damage": None, "dim": self.meta.dim, "metric": self.meta.metric,
+            "name": self.name, "kind": "local", "state": "ready", "damage": None, "dim": self.meta.dim,
+            "metric": self.meta.metric,
             "spec": self.meta.spec.to_string(), "spec_options": self.meta.spec.options, "trained": index.is_trained,
             "ntotal": index.ntotal, "encoded": index.ntotal if index.is_trained else 0,
             "pending": 0 if index.is_trained else index.ntotal, "code_size": index.code_size,

@@ -22,3 +22,16 @@ def shared_data() -> Path:
             pytest.fail(f"{path} not found: CI must provide the real SIFT data")
         pytest.skip("../shared/data not found: real SIFT data is only available in CI")
     return path
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A Dask client of a ``LocalCluster(n_workers=2, threads_per_worker=1)``, shared by one test module."""
+    distributed = pytest.importorskip("distributed")
+    from annvq.distributed import local_cluster
+
+    cluster = local_cluster(2, threads_per_worker=1)
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()

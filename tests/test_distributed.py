@@ -40,7 +40,6 @@ from annvq.distributed import (
     build,
     connect,
     load_local,
-    local_cluster,
     merge_topk,
     read_manifest,
     splitmix64,
@@ -63,12 +62,8 @@ def _data(n: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def client():
-    cluster = local_cluster(2, threads_per_worker=1)
-    c = distributed.Client(cluster)
-    yield c
-    c.close()
-    cluster.close()
+def client(dask_client):
+    return dask_client
 
 
 def _reference(out: Path, x: np.ndarray, ids: np.ndarray | None = None) -> BaseIndex:
