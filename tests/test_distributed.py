@@ -317,7 +317,10 @@ def test_sharded_search_equals_single_index(client, tmp_path, spec, metric, shar
     with ShardedIndex(client, out, replicas=replicas) as index:
         _assert_same(index.search(xq, 10, **params), want, metric, wide)
         D, I = index.search(xq[:3], 4000, **params)  # k above ntotal: -1 and +-inf padding, as the single index
-        _assert_same((D, I), ref.search(xq[:3], 4000, **params), metric)
+        Dr, Ir = ref.search(xq[:3], 4000, **params)
+        # every probed row comes back; scan biases computed in other blocks may differ in the last bit
+        np.testing.assert_allclose(D, Dr, rtol=1e-6)
+        assert all(set(a) == set(b) for a, b in zip(I, Ir, strict=True))
         assert (I[:, 3000:] == -1).all()
         facts = index.info()
         assert facts["ntotal"] == 3000 and len(facts["shards"]) == shards
@@ -338,7 +341,15 @@ def test_refine_exact_is_identical_and_default_recall_is_at_least_single(client,
     with ShardedIndex(client, out, replicas=2) as index:
         for k_factor in (None, 2):
             want, wide = ref.search(xq, 10, nprobe=4, k_factor=k_factor), ref.search(xq, 40, nprobe=4)
-            _assert_same(index.search(xq, 10, nprobe=4, k_factor=k_factor, exact=True), want, metric, wide)
+            # identical where the code-distance shortlist has no tie at its boundary (a tie there may be cut
+            # by row in one index and by id across shards, and the exact re-ranking then sees other rows)
+            kk = 10 * (k_factor or ref.k_factor)
+            codes = ref.search(xq, kk + 1, nprobe=4, rerank=False)[0]
+            clear = codes[:, kk - 1] != codes[:, kk]
+            assert clear.mean() > 0.8
+            got = index.search(xq, 10, nprobe=4, k_factor=k_factor, exact=True)
+            _assert_same(tuple(a[clear] for a in got), tuple(a[clear] for a in want), metric,
+                         tuple(a[clear] for a in wide))
             _, I = index.search(xq, 10, nprobe=4, k_factor=k_factor)
             hits = np.array([len(set(a) & set(g)) for a, g in zip(I, gt)])
             single = np.array([len(set(a) & set(g)) for a, g in zip(want[1], gt)])

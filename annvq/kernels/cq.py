@@ -101,7 +101,7 @@ def _descend(unary, cross, cb, c, Y, K, mu, eps, max_sweeps):
 
 
 @njit(cache=True, parallel=True)
-def icm_encode(xdots, cnorms, cross, cb, codes, K, mu, eps, n_sweeps, n_rounds=0, n_perturb=2, seed=0, first_row=0):
+def icm_encode(xdots, cnorms, cross, cb, codes, K, mu, eps, n_sweeps, n_rounds=0, n_perturb=2, seed=0):
     """Improve ``codes`` (n, M) by ICM (at most ``n_sweeps`` sweeps, stopping when one changes nothing),
     then ``n_rounds`` rounds of iterated local search (perturb ``n_perturb`` codebooks of the best
     code, ICM again, keep if better); returns ``(codes (n, M) int32, objective (n,) float64)``, the
@@ -112,8 +112,9 @@ def icm_encode(xdots, cnorms, cross, cb, codes, K, mu, eps, n_sweeps, n_rounds=0
     ``mu`` weights the penalty keeping the cross term at ``eps``; ``mu = 0`` is plain ICM. Each
     vector keeps its codewords' interactions with every other codebook up to date as codes change,
     so a visit costs O(K) and a change O(M K). The random perturbations come from a splitmix64
-    stream per vector seeded by ``seed`` and the row number (``first_row`` + row in ``codes``), so
-    the result depends neither on threads nor on blocking.
+    stream per vector seeded by ``seed`` and the vector's starting code, so a vector's result depends
+    on nothing else in the batch: not on threads, blocking, or its row (a sharded build encodes
+    exactly as one process does).
     """
     n, M = codes.shape
     out = np.empty((n, M), dtype=np.int32)
@@ -130,7 +131,9 @@ def icm_encode(xdots, cnorms, cross, cb, codes, K, mu, eps, n_sweeps, n_rounds=0
         best_obj = _descend(unary, cross, cb, c, Y, K, mu, eps, n_sweeps)
         trial = c.copy()
         TY = Y.copy()
-        state = np.uint64(seed) * _GOLDEN + np.uint64(first_row + i)
+        state = np.uint64(seed) * _GOLDEN
+        for m in range(M):
+            state, _h = _splitmix(state ^ np.uint64(c[m]))
         for _ in range(n_rounds):
             for _p in range(n_perturb):
                 state, r = _splitmix(state)

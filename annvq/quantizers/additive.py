@@ -193,7 +193,7 @@ class AdditiveCodec(Quantizer):
             xdots = x[s : s + step] @ self._flat.T
             out[s : s + step], obj[s : s + step] = icm_encode(
                 xdots, self._cnorms, self._cross, self._flat, codes[s : s + step], self.ksub, mu, eps, sweeps, rounds,
-                perturb, seed, s)
+                perturb, seed)
         return out, obj
 
     def _query_dots(self, xq: np.ndarray) -> np.ndarray:
