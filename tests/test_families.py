@@ -17,12 +17,12 @@ faiss = pytest.importorskip("faiss", reason="faiss-cpu not installed (pip instal
 
 # family -> (data, M of the product codecs); the additive codecs spend 32 bits (4 x 8) everywhere
 FAMILIES = {
-    "emb50": (lambda: make_embeddings(1000, 50, nq=1, k=1), 25),  # 2 dimensions per sub-space
-    "emb96": (lambda: make_embeddings(1000, 96, nq=1, k=1), 12),  # 8
-    "emb256": (lambda: make_embeddings(1000, 256, nq=1, k=1), 16),  # 16
-    "correlated": (lambda: make_correlated(1000, 64, nq=1, k=1), 8),  # 8
+    "emb50": (lambda: make_embeddings(2000, 50, nq=1, k=1), 25),  # 2 dimensions per sub-space
+    "emb96": (lambda: make_embeddings(2000, 96, nq=1, k=1), 12),  # 8
+    "emb256": (lambda: make_embeddings(2000, 256, nq=1, k=1), 16),  # 16
+    "correlated": (lambda: make_correlated(2000, 64, nq=1, k=1), 8),  # 8
 }
-NBITS = 6  # product codecs: 64 centroids per sub-space keep 1000 training vectors meaningful
+NBITS = 6  # product codecs: 64 centroids per sub-space keep 2000 training vectors meaningful
 ADDITIVE_M = 4
 
 
