@@ -12,14 +12,15 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import numpy as np
 import typer
 
 app = typer.Typer(
     name="annvq",
-    help="Approximate nearest-neighbour search with vector quantization (PQ, OPQ, SQ, RQ, AQ, CQ; flat and IVF indexes).",
+    help="Approximate nearest-neighbour search with vector quantization (PQ, OPQ, SQ, RQ, AQ, CQ; "
+         "flat and IVF indexes).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -138,20 +139,33 @@ def _human(nbytes: float) -> str:
 def build(
     data: Annotated[Path, typer.Argument(help=f"base vectors: {VECTOR_FILES}", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="index directory to write", show_default=False)],
-    index: Annotated[Optional[str], typer.Option("--index", "-i", help="index spec, e.g. IVF1024,PQ16x8 or OPQ16,PQ16x8 or IVF256,PQ8x8,Refine")] = None,
+    index: Annotated[str | None, typer.Option(
+        "--index", "-i", help="index spec, e.g. IVF1024,PQ16x8 or OPQ16,PQ16x8 or IVF256,PQ8x8,Refine")] = None,
     metric: Annotated[str, typer.Option(help="l2, ip or cosine")] = "l2",
-    learn: Annotated[Optional[Path], typer.Option(help="separate training vectors (default: a sample of DATA)")] = None,
+    learn: Annotated[Path | None, typer.Option(help="separate training vectors (default: a sample of DATA)")] = None,
     train_size: Annotated[int, typer.Option(min=1, help="training vectors drawn at random")] = 100_000,
     batch_size: Annotated[int, typer.Option(min=1, help="vectors encoded and appended per step")] = 65_536,
     resume: Annotated[bool, typer.Option(help="continue an interrupted build of OUT from its stored ntotal")] = False,
-    compact: Annotated[bool, typer.Option(help="merge the batches' segments into one at the end (fastest search)")] = True,
+    compact: Annotated[bool, typer.Option(
+        help="merge the batches' segments into one at the end (fastest search)")] = True,
     force: Annotated[bool, typer.Option(help="overwrite OUT if it exists")] = False,
     seed: Annotated[int, typer.Option(help="seed of the training sample")] = 0,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="build on a local Dask cluster of N worker processes (annvq[distributed]); OUT becomes a sharded build", rich_help_panel="Distributed build")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(envvar="ANNVQ_SCHEDULER", help="build on the Dask cluster of this scheduler, e.g. tcp://host:8786", rich_help_panel="Distributed build")] = None,
-    shards: Annotated[int, typer.Option(min=1, help="physical shards of a distributed build", rich_help_panel="Distributed build")] = 1,
-    virtual_shards: Annotated[int, typer.Option(min=1, help="virtual shards (splitmix64 of the id) grouped into the physical ones", rich_help_panel="Distributed build")] = 256,
+    workers: Annotated[int | None, typer.Option(
+        min=1,
+        help="build on a local Dask cluster of N worker processes (annvq[distributed]); OUT becomes a sharded build",
+        rich_help_panel="Distributed build",
+    )] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        envvar="ANNVQ_SCHEDULER", help="build on the Dask cluster of this scheduler, e.g. tcp://host:8786",
+        rich_help_panel="Distributed build",
+    )] = None,
+    shards: Annotated[int, typer.Option(
+        min=1, help="physical shards of a distributed build", rich_help_panel="Distributed build")] = 1,
+    virtual_shards: Annotated[int, typer.Option(
+        min=1, help="virtual shards (splitmix64 of the id) grouped into the physical ones",
+        rich_help_panel="Distributed build",
+    )] = 256,
 ) -> None:
     """Train an index on a sample and add DATA in batches, appending to OUT as it goes (resumable).
 
@@ -170,13 +184,13 @@ def build(
             typer.echo(build_command(data, out, index, metric, learn, train_size, batch_size, resume, force, seed,
                                      progress, workers, scheduler, shards, virtual_shards))
         return
-    import annvq
     from tqdm import tqdm
 
-    from .storage import IndexDirectory
+    import annvq
 
     from .errors import DimensionError, InvalidInputError, SpecError
     from .spec import as_spec
+    from .storage import IndexDirectory
 
     with _user_errors():
         src = VectorFile(data)
@@ -215,7 +229,8 @@ def build(
                 del xt
                 idx.save(out)
                 start = 0
-            with tqdm(total=src.n, initial=start, unit="vec", unit_scale=True, disable=not progress, file=sys.stderr) as bar:
+            with tqdm(total=src.n, initial=start, unit="vec", unit_scale=True, disable=not progress,
+                      file=sys.stderr) as bar:
                 for s in range(start, src.n, batch_size):
                     x = src.read(s, min(batch_size, src.n - s))
                     annvq.append(out, x, ids=np.arange(s, s + len(x)))
@@ -233,7 +248,7 @@ def _dir_size(path: Path) -> int:
 
 
 # --- search --------------------------------------------------------------------------------------
-def _write_results(out: Optional[Path], D: np.ndarray, I: np.ndarray) -> None:
+def _write_results(out: Path | None, D: np.ndarray, I: np.ndarray) -> None:
     """ids and distances as JSON (stdout when ``out`` is None), .npy or .ivecs; see ``search --help``."""
     from .datasets import write_fvecs, write_ivecs
     from .errors import InvalidInputError
@@ -260,13 +275,21 @@ def _write_results(out: Optional[Path], D: np.ndarray, I: np.ndarray) -> None:
 
 @app.command()
 def search(
-    index_path: Annotated[Path, typer.Argument(metavar="INDEX", help="index written by 'annvq build'", show_default=False)],
-    queries: Annotated[Path, typer.Argument(help="query vectors: .fvecs/.bvecs/.ivecs, .npy or ann-benchmarks .hdf5 (its 'test' set)", show_default=False)],
+    index_path: Annotated[Path, typer.Argument(
+        metavar="INDEX", help="index written by 'annvq build'", show_default=False)],
+    queries: Annotated[Path, typer.Argument(
+        help="query vectors: .fvecs/.bvecs/.ivecs, .npy or ann-benchmarks .hdf5 (its 'test' set)", show_default=False)],
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="neighbours per query")] = 10,
-    nprobe: Annotated[Optional[int], typer.Option(min=1, help="IVF lists visited per query (default: stored in the index)")] = None,
-    rerank: Annotated[Optional[bool], typer.Option("--rerank/--no-rerank", help="re-rank with the exact vectors (Refine indexes)")] = None,
-    k_factor: Annotated[Optional[int], typer.Option(min=1, help="re-rank the best k_factor * k candidates")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="results.json, results.npy (+ results_distances.npy) or results.ivecs (+ results.fvecs); JSON on stdout when omitted")] = None,
+    nprobe: Annotated[int | None, typer.Option(
+        min=1, help="IVF lists visited per query (default: stored in the index)")] = None,
+    rerank: Annotated[bool | None, typer.Option(
+        "--rerank/--no-rerank", help="re-rank with the exact vectors (Refine indexes)")] = None,
+    k_factor: Annotated[int | None, typer.Option(min=1, help="re-rank the best k_factor * k candidates")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o",
+        help="results.json, results.npy (+ results_distances.npy) or results.ivecs (+ results.fvecs); "
+             "JSON on stdout when omitted",
+    )] = None,
 ) -> None:
     """Search INDEX for the k nearest neighbours of every query; write ids and distances.
 
@@ -288,7 +311,8 @@ def search(
 # --- info ----------------------------------------------------------------------------------------
 @app.command()
 def info(
-    index_path: Annotated[Path, typer.Argument(metavar="INDEX", help="index directory (or 0.1 file)", show_default=False)],
+    index_path: Annotated[Path, typer.Argument(
+        metavar="INDEX", help="index directory (or 0.1 file)", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
 ) -> None:
     """Describe an index: spec, metric, dimension, vectors, segments, code size, size on disk."""
@@ -352,6 +376,7 @@ def _evaluate(ds: Any, specs: list[str], nprobes: list[int], train_size: int, k:
     and without re-ranking for Refine specs). Recall columns: 1-recall@R (true nearest neighbour in the
     top R) and 10-recall@10 (overlap of the top 10 with the true top 10)."""
     import annvq
+
     from .datasets import knn_recall, recall_at
 
     k = min(k, ds.train.shape[0])
@@ -396,8 +421,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _run_bench(ds: Any, specs: list[str], nprobes: list[int], train_size: int, threads: Optional[int],
-               json_out: Optional[Path]) -> None:
+def _run_bench(ds: Any, specs: list[str], nprobes: list[int], train_size: int, threads: int | None,
+               json_out: Path | None) -> None:
     import numba
 
     if threads is not None:
@@ -414,14 +439,20 @@ def _run_bench(ds: Any, specs: list[str], nprobes: list[int], train_size: int, t
         json_out.write_text(json.dumps({"dataset": ds.name, "rows": rows}, indent=2) + "\n")
 
 
+BENCH_SPECS = ["IVF256,PQ16x8"]
+
+
 @app.command()
 def bench(
-    dataset: Annotated[str, typer.Argument(help="'default' (built-in SIFT data), an ann-benchmarks .hdf5 file or a texmex directory", show_default=False)],
-    index: Annotated[list[str], typer.Option("--index", "-i", help="index spec; repeat for several")] = ["IVF256,PQ16x8"],
+    dataset: Annotated[str, typer.Argument(
+        help="'default' (built-in SIFT data), an ann-benchmarks .hdf5 file or a texmex directory", show_default=False)],
+    index: Annotated[list[str] | None, typer.Option(
+        "--index", "-i", help="index spec; repeat for several", show_default=",".join(BENCH_SPECS))] = None,
     nprobe: Annotated[str, typer.Option(help="comma-separated nprobe values for IVF indexes")] = "1,4,16,64",
-    train_size: Annotated[int, typer.Option(min=1, help="most training vectors (learn set if the dataset has one)")] = 100_000,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="Numba threads (default: all cores)")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the rows to this JSON file")] = None,
+    train_size: Annotated[int, typer.Option(
+        min=1, help="most training vectors (learn set if the dataset has one)")] = 100_000,
+    threads: Annotated[int | None, typer.Option(min=1, help="Numba threads (default: all cores)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the rows to this JSON file")] = None,
 ) -> None:
     """Build each index on DATASET and report recall (1-recall@1/10/100, 10-recall@10), QPS and latency.
 
@@ -432,9 +463,10 @@ def bench(
 
     with _user_errors():
         nprobes = _parse_nprobe(nprobe)
-        for spec in index:
+        specs = index or BENCH_SPECS
+        for spec in specs:
             as_spec(spec)  # reject a bad spec before loading data
-        _run_bench(load_dataset(dataset), index, nprobes, train_size, threads, json_out)
+        _run_bench(load_dataset(dataset), specs, nprobes, train_size, threads, json_out)
 
 
 DEMO_SPECS = ["IVF256,PQ16x8,Refine"]
@@ -442,9 +474,9 @@ DEMO_SPECS = ["IVF256,PQ16x8,Refine"]
 
 @app.command()
 def demo(
-    n_base: Annotated[Optional[int], typer.Option(min=1, help="base vectors (default: the whole pool, ~110k)")] = None,
+    n_base: Annotated[int | None, typer.Option(min=1, help="base vectors (default: the whole pool, ~110k)")] = None,
     nprobe: Annotated[str, typer.Option(help="comma-separated nprobe values")] = "1,4,16,64",
-    threads: Annotated[Optional[int], typer.Option(min=1, help="Numba threads (default: all cores)")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Numba threads (default: all cores)")] = None,
 ) -> None:
     """Build an IVF-PQ index on the built-in SIFT data and print recall and speed, with and without re-ranking.
 
@@ -463,10 +495,13 @@ def demo(
 # --- serve ---------------------------------------------------------------------------------------
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="interface to listen on (default: $ANNVQ_HOST, else 127.0.0.1)")] = None,
-    port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="TCP port (default: $ANNVQ_PORT, else 8000)")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="directory holding the service's indexes (default: $ANNVQ_DATA_DIR, else ./annvq-data)")] = None,
-    api_key: Annotated[Optional[str], typer.Option(help="required API key (default: $ANNVQ_API_KEY, else none)")] = None,
+    host: Annotated[str | None, typer.Option(
+        help="interface to listen on (default: $ANNVQ_HOST, else 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help="TCP port (default: $ANNVQ_PORT, else 8000)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="directory holding the service's indexes (default: $ANNVQ_DATA_DIR, else ./annvq-data)")] = None,
+    api_key: Annotated[str | None, typer.Option(help="required API key (default: $ANNVQ_API_KEY, else none)")] = None,
     scheduler: Annotated[str | None, typer.Option(
         help="Dask scheduler (tcp://host:8786) to serve sharded builds from (default: $ANNVQ_SCHEDULER, else none)",
     )] = None,
@@ -509,6 +544,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="print the version and exit")] = False,
 ) -> None:
     """annvq: vector-quantization indexes for approximate nearest-neighbour search."""

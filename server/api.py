@@ -186,7 +186,8 @@ async def ready(ctx: Ctx) -> FastJSONResponse:
                              "problems": problems or None})
 
 
-@router.get("/indexes", operation_id="listIndexes", response_model=models.IndexList, responses=_ERRORS, tags=["indexes"])
+@router.get("/indexes", operation_id="listIndexes", response_model=models.IndexList,
+            responses=_ERRORS, tags=["indexes"])
 async def list_indexes(ctx: Ctx) -> FastJSONResponse:
     """Every index with its state: ready, or damaged (with what failed)."""
     return FastJSONResponse({"indexes": await ctx.read(ctx.service.describe_all)})
@@ -223,12 +224,14 @@ async def swap_manifest(name: IndexName, request: Request, ctx: Ctx) -> FastJSON
     return FastJSONResponse(await ctx.write(ctx.service.swap_manifest, name, req.manifest, req.replicas))
 
 
-@router.get("/indexes/{name}", operation_id="describeIndex", response_model=models.IndexInfo, responses=_ERRORS, tags=["indexes"])
+@router.get("/indexes/{name}", operation_id="describeIndex", response_model=models.IndexInfo,
+            responses=_ERRORS, tags=["indexes"])
 async def describe_index(name: IndexName, ctx: Ctx) -> FastJSONResponse:
     return FastJSONResponse(await ctx.read(ctx.service.describe, name))
 
 
-@router.delete("/indexes/{name}", operation_id="dropIndex", response_model=models.Status, responses=_ERRORS, tags=["indexes"])
+@router.delete("/indexes/{name}", operation_id="dropIndex", response_model=models.Status,
+               responses=_ERRORS, tags=["indexes"])
 async def drop_index(name: IndexName, ctx: Ctx) -> FastJSONResponse:
     """Delete the index and all its files (a damaged one too). A sharded index is no longer served; its
     build's files stay."""
@@ -236,7 +239,8 @@ async def drop_index(name: IndexName, ctx: Ctx) -> FastJSONResponse:
     return FastJSONResponse({"status": "dropped"})
 
 
-@router.post("/indexes/{name}/repair", operation_id="repairIndex", response_model=models.RepairReport, responses=_ERRORS, tags=["indexes"])
+@router.post("/indexes/{name}/repair", operation_id="repairIndex", response_model=models.RepairReport,
+             responses=_ERRORS, tags=["indexes"])
 async def repair_index(name: IndexName, ctx: Ctx) -> FastJSONResponse:
     """Bring a damaged index back: apply every readable logged operation after its checkpoint (skipping
     damaged records), keep a copy of the original logs, and report what was lost. 409 if not damaged."""
@@ -272,7 +276,8 @@ async def train_index(
     return FastJSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/indexes/{name}/jobs/{job.id}"})
 
 
-@router.get("/indexes/{name}/jobs/{job_id}", operation_id="getJob", response_model=models.Job, responses=_ERRORS, tags=["indexes"])
+@router.get("/indexes/{name}/jobs/{job_id}", operation_id="getJob", response_model=models.Job,
+            responses=_ERRORS, tags=["indexes"])
 async def get_job(name: IndexName, job_id: Annotated[str, PathParam(max_length=64)], ctx: Ctx) -> FastJSONResponse:
     return FastJSONResponse(ctx.service.job(name, job_id).to_dict())
 
@@ -298,23 +303,23 @@ async def _ids_body(request: Request, ctx: Ctx) -> list[int]:
     return req.ids
 
 
-@router.delete("/indexes/{name}/vectors", operation_id="deleteVectors", response_model=models.DeleteResponse, responses=_ERRORS,
-               openapi_extra=_body_doc(models.IdsRequest, binary=False), tags=["vectors"])
+@router.delete("/indexes/{name}/vectors", operation_id="deleteVectors", response_model=models.DeleteResponse,
+               responses=_ERRORS, openapi_extra=_body_doc(models.IdsRequest, binary=False), tags=["vectors"])
 async def delete_vectors(name: IndexName, request: Request, ctx: Ctx) -> FastJSONResponse:
     """Delete vectors by id; if any id is unknown nothing is deleted (404)."""
     ids = await _ids_body(request, ctx)
     return FastJSONResponse({"deleted": await ctx.write(ctx.service.delete, name, ids)})
 
 
-@router.post("/indexes/{name}/vectors/delete", operation_id="deleteVectorsPost", response_model=models.DeleteResponse, responses=_ERRORS,
-             openapi_extra=_body_doc(models.IdsRequest, binary=False), tags=["vectors"])
+@router.post("/indexes/{name}/vectors/delete", operation_id="deleteVectorsPost", response_model=models.DeleteResponse,
+             responses=_ERRORS, openapi_extra=_body_doc(models.IdsRequest, binary=False), tags=["vectors"])
 async def delete_vectors_post(name: IndexName, request: Request, ctx: Ctx) -> FastJSONResponse:
     """Same as ``DELETE /indexes/{name}/vectors``, for clients that cannot send a body with DELETE."""
     return await delete_vectors(name, request, ctx)
 
 
-@router.post("/indexes/{name}/vectors/retrieve", operation_id="retrieveVectors", response_model=models.VectorsResponse, responses=_ERRORS,
-             openapi_extra=_body_doc(models.IdsRequest, binary=False), tags=["vectors"])
+@router.post("/indexes/{name}/vectors/retrieve", operation_id="retrieveVectors", response_model=models.VectorsResponse,
+             responses=_ERRORS, openapi_extra=_body_doc(models.IdsRequest, binary=False), tags=["vectors"])
 async def retrieve_vectors(name: IndexName, request: Request, ctx: Ctx) -> FastJSONResponse:
     """Vectors by id: exact where the index keeps them (before training, Refine), else reconstructions."""
     ids = await _ids_body(request, ctx)
@@ -322,22 +327,23 @@ async def retrieve_vectors(name: IndexName, request: Request, ctx: Ctx) -> FastJ
     return FastJSONResponse({"ids": ids, "vectors": x, "exact": exact})
 
 
-@router.get("/indexes/{name}/vectors/{id:int}", operation_id="getVector", response_model=models.VectorResponse, responses=_ERRORS,
-            tags=["vectors"])
+@router.get("/indexes/{name}/vectors/{id:int}", operation_id="getVector", response_model=models.VectorResponse,
+            responses=_ERRORS, tags=["vectors"])
 async def get_vector(name: IndexName, id: Annotated[int, PathParam(ge=0, le=MAX_ID, description="vector id")],
                      ctx: Ctx) -> FastJSONResponse:
     x, exact = await ctx.read(ctx.service.retrieve, name, [id])
     return FastJSONResponse({"id": id, "vector": x[0], "exact": exact})
 
 
-@router.post("/indexes/{name}/search", operation_id="searchIndex", response_model=models.SearchResponse, responses=_ERRORS,
-             openapi_extra=_body_doc(models.SearchRequest, binary=True), tags=["vectors"])
+@router.post("/indexes/{name}/search", operation_id="searchIndex", response_model=models.SearchResponse,
+             responses=_ERRORS, openapi_extra=_body_doc(models.SearchRequest, binary=True), tags=["vectors"])
 async def search(
     name: IndexName, request: Request, ctx: Ctx,
     k: Annotated[int, Query(ge=1, description="neighbours per query (octet-stream bodies only)")] = 10,
     nprobe: Annotated[int | None, Query(ge=1, description="IVF lists to visit (octet-stream bodies only)")] = None,
     rerank: Annotated[bool | None, Query(description="re-rank with exact vectors (octet-stream bodies only)")] = None,
-    k_factor: Annotated[int | None, Query(ge=1, le=1024, description="re-rank depth factor (octet-stream only)")] = None,
+    k_factor: Annotated[int | None, Query(
+        ge=1, le=1024, description="re-rank depth factor (octet-stream only)")] = None,
 ) -> FastJSONResponse:
     """k nearest neighbours of each query: ids and distances. Distances are squared L2 (ascending) or, for
     ip and cosine indexes, similarities (descending). A parameter the index type does not take (nprobe on

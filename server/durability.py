@@ -27,12 +27,12 @@ from typing import Any
 
 import annvq
 from annvq import IndexSpec
-from annvq.index import Encoded
 from annvq.errors import AnnvqError, FormatError
+from annvq.index import Encoded
 from annvq.storage import atomic_path, crc, dumps
+from annvq.storage.wal import OP_ADD, LogReader, Record, WriteAheadLog
 
 from .state import IndexState, Meta
-from annvq.storage.wal import OP_ADD, LogReader, Record, WriteAheadLog
 
 log = logging.getLogger("annvq.server")
 

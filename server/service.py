@@ -19,11 +19,11 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +31,17 @@ import numpy as np
 
 import annvq
 from annvq import BaseIndex, IndexSpec
-from annvq.index import Encoded
 from annvq.errors import FormatError, InvalidInputError
+from annvq.index import Encoded
 from annvq.spec import as_spec
+from annvq.storage.wal import OP_ADD, OP_DELETE, Record
 
 from .config import ServerConfig
-from .durability import INDEX_DIR, RepairReport, apply, checkpoint, initialise, recover, repair
+from .durability import RepairReport, apply, checkpoint, initialise, recover, repair
 from .errors import Conflict, IndexExists, IndexNotFound, JobNotFound, LimitExceeded, Unavailable
 from .jobs import KEPT_JOBS, Job
 from .sharded import ShardedService
 from .state import IndexState, Meta
-from annvq.storage.wal import OP_ADD, OP_DELETE, Record
 
 log = logging.getLogger("annvq.server")
 
@@ -98,7 +98,7 @@ class IndexService:
                 if st.dirty and not st.damage:
                     try:
                         checkpoint(st)
-                    except Exception:  # noqa: BLE001 - the log still holds every operation
+                    except Exception:  # the log still holds every operation
                         log.exception("final checkpoint of %r failed; its log will be replayed at start", st.name)
                 if st.wal is not None:
                     st.wal.close()
@@ -343,7 +343,7 @@ class IndexService:
         with self._train_slots:
             try:
                 self._train(st, job, x)
-            except BaseException as exc:  # noqa: BLE001 - the job records whatever stopped it
+            except BaseException as exc:  # the job records whatever stopped it
                 with st.write_mutex:
                     st.delta = None
                 job.finish("failed", exc)
@@ -379,7 +379,7 @@ class IndexService:
             job.reencoded_from = new.reencoded_from
             try:
                 checkpoint(st)
-            except Exception as exc:  # noqa: BLE001 - the background loop retries with backoff
+            except Exception as exc:  # the background loop retries with backoff
                 st.checkpoint.failed(exc, self.config.checkpoint_backoff_seconds)
                 log.error("storing the retrained index %r failed (retried in the background): %s", st.name, exc)
         job.finish("succeeded")
@@ -405,7 +405,7 @@ class IndexService:
                         continue
                     try:
                         checkpoint(st)
-                    except Exception as exc:  # noqa: BLE001 - the log holds every operation; retry later
+                    except Exception as exc:  # the log holds every operation; retry later
                         st.checkpoint.failed(exc, self.config.checkpoint_backoff_seconds)
                         log.error("checkpoint of %r failed (%d in a row; next try in %.0f s): %s", st.name,
                                   st.checkpoint.failures, st.checkpoint.retry_at - time.monotonic(), exc)
@@ -420,7 +420,7 @@ class IndexService:
                     self.compact(st.name)
                 except (IndexNotFound, Conflict):
                     pass
-                except Exception:  # noqa: BLE001 - keep the thread alive; the index is unchanged
+                except Exception:  # keep the thread alive; the index is unchanged
                     log.exception("background merge of %r failed", st.name)
 
     def compact(self, name: str, full: bool = False) -> int:

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from annvq import BaseIndex, IndexSpec
+from annvq.storage.wal import WriteAheadLog
 
 from .errors import IndexDamaged
 from .jobs import Job
 from .locks import RWLock
-from annvq.storage.wal import WriteAheadLog
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from annvq.errors import (
 )
 from annvq.index.base import BaseIndex
 
-distributed = pytest.importorskip("distributed")
+pytest.importorskip("distributed")
 
 from annvq.distributed import (
     ShardedIndex,
@@ -95,7 +95,7 @@ def _searching(search: Callable[[], Any]) -> Iterator[tuple[list, list]]:
         while not stop.is_set():
             try:
                 answered.append(search())
-            except Exception as exc:  # noqa: BLE001 - collected for the test's assertions
+            except Exception as exc:  # collected for the test's assertions
                 errors.append(exc)
 
     t = threading.Thread(target=loop)

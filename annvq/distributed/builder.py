@@ -45,6 +45,7 @@ from ..errors import (
     SpecError,
 )
 from ..index.base import BaseIndex, positive_int
+from ..index.ivf import IVFIndex
 from ..spec import as_spec, index_factory
 from .hashing import virtual_shard
 from .manifest import (
@@ -353,7 +354,7 @@ def _train_model(out: str, spec: str, d: int, metric: str, key: str, *samples: n
     x = index.prepare(np.concatenate(samples))
     index.train(x)
     sizes = None
-    if index.nlist > 1:
+    if isinstance(index, IVFIndex) and index.nlist > 1:
         sizes = np.bincount(index.coarse.assign(x), minlength=index.nlist).tolist()
     final = Path(out) / "model"
     tmp = _tmp_dir(final)
@@ -373,7 +374,7 @@ def _describe_model(path: str) -> dict[str, Any]:
 def _import_model(out: str, path: str, key: str) -> tuple[str, list[int] | None]:
     """Store the trained model at ``path`` (without its vectors) as the build's ``out/model``."""
     index = storage.load(path)
-    sizes = index.list_sizes().tolist() if index.nlist > 1 and index.ntotal else None
+    sizes = index.list_sizes().tolist() if isinstance(index, IVFIndex) and index.nlist > 1 and index.ntotal else None
     empty = BaseIndex.from_state(*index.model_state())
     final = Path(out) / "model"
     tmp = _tmp_dir(final)
@@ -434,6 +435,8 @@ def _encode_part(out: str, fingerprint: str, src: str, start: int, stop: int, id
     segments = []
     if enc.segments:
         (seg,) = enc.segments
+        if seg.codes is None:
+            raise SpecError(f"{model.spec}: a distributed build cannot split fast-scan (fs) segments into shards")
         lists = seg.lists()
         owner = vmap[virtual_shard(seg.ids, vmap.shape[0]) if layout == "ids" else lists]
         for sh in np.unique(owner):

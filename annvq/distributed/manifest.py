@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -29,7 +29,7 @@ from ..storage import atomic_path, crc, dumps
 from ..storage.directory import MANIFEST
 from .hashing import virtual_shard
 
-FORMAT = "annvq-sharded"
+FORMAT: Final = "annvq-sharded"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "index.json"
 

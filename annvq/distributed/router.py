@@ -51,6 +51,7 @@ from ..errors import (
     ShardUnavailableError,
 )
 from ..index.base import as_id_array
+from ..index.ivf import IVFIndex
 from ..index.params import parse_params
 from ..storage.wal import OP_ADD, OP_DELETE
 from .manifest import (
@@ -206,7 +207,7 @@ class _Batcher:
                 n = r.xq.shape[0]
                 r.future.set_result((D[at : at + n], I[at : at + n]))
                 at += n
-        except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
+        except BaseException as exc:  # handed to every caller of the batch
             for r in group:
                 if not r.future.done():
                     r.future.set_exception(exc)
@@ -242,6 +243,8 @@ class ShardedIndex:
         self.model = storage.load(self.root / self.manifest.model)
         if not self.model.is_trained or self.model.fingerprint() != self.manifest.fingerprint:
             raise FormatError(f"{self.root / self.manifest.model}: not the model the manifest names")
+        if self.manifest.layout == "lists":
+            self._list_model()
         self.replicas, self.route = replicas, route
         self.call_timeout, self.start_timeout = call_timeout, start_timeout
         self.params_type = self.model.params_type
@@ -301,6 +304,14 @@ class ShardedIndex:
     def prepare(self, x: Any, name: str = "x") -> np.ndarray:
         return self.model.prepare(x, name)
 
+    def _list_model(self) -> IVFIndex:
+        """The model as the IVF index whose inverted lists place vectors (and route queries) of a
+        split-by-list build."""
+        if not isinstance(self.model, IVFIndex):
+            raise FormatError(f"{self.root / self.manifest.model}: a split-by-list build needs an IVF model, "
+                              f"not {self.model.index_type!r}")
+        return self.model
+
     def shard_of(self, ids: Any) -> np.ndarray:
         """Physical shard owning each id (builds with the "ids" layout)."""
         return self.manifest.shard_of(as_id_array(ids))
@@ -321,9 +332,11 @@ class ShardedIndex:
         for sh, facts in zip(self._shards, shard_facts):
             reps = [{"worker": r.worker, "alive": r.alive, "outstanding": r.outstanding, "logger": r is sh.logger}
                     for r in sh.replicas]
-            entry = {"shard": sh.number, "path": sh.entry.path, "available": facts is not None, "replicas": reps,
-                     "live_replicas": sum(r.alive for r in sh.replicas), "ntotal": sh.ntotal, "memory_bytes": 0,
-                     "segments": 0, "deleted": 0, "lsn": None}
+            entry: dict[str, Any] = {
+                "shard": sh.number, "path": sh.entry.path, "available": facts is not None, "replicas": reps,
+                "live_replicas": sum(r.alive for r in sh.replicas), "ntotal": sh.ntotal, "memory_bytes": 0,
+                "segments": 0, "deleted": 0, "lsn": None,
+            }
             if facts is not None:
                 sh.ntotal = facts["ntotal"]
                 entry.update({k: facts[k] for k in ("ntotal", "memory_bytes", "segments", "deleted", "lsn")})
@@ -403,7 +416,7 @@ class ShardedIndex:
                 try:
                     if self._recreate(rep):
                         todo.remove(rep)
-                except Exception as exc:  # noqa: BLE001 - retried on the next round
+                except Exception as exc:  # retried on the next round
                     log.warning("re-creating a replica of shard %d failed: %s", rep.shard, exc)
 
     def _recreate(self, rep: _Replica) -> bool:
@@ -492,7 +505,7 @@ class ShardedIndex:
                     if error is None:
                         try:
                             res = self._retry(sh, method, args, [rep])
-                        except BaseException as exc:  # noqa: BLE001 - raised once every call is settled
+                        except BaseException as exc:  # raised once every call is settled
                             error = exc
                 elif error is None:
                     error = res
@@ -551,10 +564,11 @@ class ShardedIndex:
         """The shards to ask and, when routing by lists, the queries (rows) each must answer."""
         if self.route == "all":
             return [(sh, None) for sh in self._shards]
-        nprobe = min(pd.get("nprobe") or self.model.nprobe, self.model.nlist)
-        _, probes = self.model.coarse.search(self.model.prepare(xq, "xq"), nprobe, self.model.codec_metric)
+        model = self._list_model()
+        nprobe = min(pd.get("nprobe") or model.nprobe, model.nlist)
+        _, probes = model.coarse.search(model.prepare(xq, "xq"), nprobe, model.codec_metric)
         owner = np.where(probes >= 0, self._vmap[np.maximum(probes, 0)], -1)
-        out = []
+        out: list[tuple[_Shard, np.ndarray | None]] = []
         for sh in self._shards:
             rows = np.flatnonzero((owner == sh.number).any(axis=1))
             if rows.size:
@@ -570,7 +584,7 @@ class ShardedIndex:
         desc = self.metric != "l2"
         nq = xq.shape[0]
         Ds, Is = [], []
-        for (sh, rows), (D, I) in zip(targets, results):
+        for (_, rows), (D, I) in zip(targets, results):
             if rows is not None:
                 Df = np.full((nq, k), -np.inf if desc else np.inf, dtype=np.float32)
                 If = np.full((nq, k), -1, dtype=np.int64)
@@ -621,7 +635,7 @@ class ShardedIndex:
         owner = self._owners(ids)
         out = np.zeros(ids.shape[0], dtype=bool)
         groups = [(self._shards[s], np.flatnonzero(owner == s)) for s in np.unique(owner[owner >= 0])]
-        for (sh, at), found in zip(groups, self._scatter([(sh, (ids[at],)) for sh, at in groups], "contains")):
+        for (_, at), found in zip(groups, self._scatter([(sh, (ids[at],)) for sh, at in groups], "contains")):
             out[at] = found
         return out
 
@@ -636,7 +650,7 @@ class ShardedIndex:
         out = np.empty((ids.shape[0], self.d), dtype=np.float32)
         exact = True
         groups = [(self._shards[s], np.flatnonzero(owner == s)) for s in np.unique(owner)]
-        for (sh, at), (vec, ex) in zip(groups, self._scatter([(sh, (ids[at],)) for sh, at in groups], "fetch")):
+        for (_, at), (vec, ex) in zip(groups, self._scatter([(sh, (ids[at],)) for sh, at in groups], "fetch")):
             out[at] = vec
             exact = exact and ex
         return out, exact
@@ -709,7 +723,7 @@ class ShardedIndex:
             if self.manifest.layout == "ids":
                 owner = self.shard_of(new_ids)
             else:
-                owner = self._vmap[self.model.coarse.assign(xp)]
+                owner = self._vmap[self._list_model().coarse.assign(xp)]
             groups = self._by_shard(owner)
             self._scatter([(sh, (raw[at], new_ids[at])) for sh, at in groups], "check_add")
             self._locked_writes(groups, lambda sh, at: ("log_add", (raw[at], new_ids[at]), OP_ADD,
@@ -780,11 +794,11 @@ class ShardedIndex:
                 try:
                     if r.alive:
                         r.actor.close().result(timeout=10)
-                except Exception as exc:  # noqa: BLE001 - the worker may be gone already
+                except Exception as exc:  # the worker may be gone already
                     log.debug("closing a replica of shard %d: %s", sh.number, exc)
                 r.future.release()
 
-    def __enter__(self) -> ShardedIndex:  # noqa: PYI034
+    def __enter__(self) -> ShardedIndex:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -84,7 +84,7 @@ def replay(index: BaseIndex, logs: Path, lsn: int) -> int:
     damage, or a gap in the sequence, raises FormatError.
     """
     files = _logs(logs)
-    for i, (first, path) in enumerate(files):
+    for i, (_, path) in enumerate(files):
         reader = LogReader(path)
         if reader.header_ok and reader.first_lsn > lsn + 1:
             raise FormatError(f"{path}: starts at record {reader.first_lsn} but the shard covers only up to {lsn}")
@@ -262,9 +262,9 @@ class ShardServer:
         if wal.path.name != wal_name(self.lsn + 1):
             new = WriteAheadLog.create(self.logs / wal_name(self.lsn + 1), self.lsn + 1)
             wal.close()
-            self._wal = new
+            self._wal = wal = new
         for _, p in _logs(self.logs):
-            if p != self._wal.path:
+            if p != wal.path:
                 p.unlink()
         storage.fsync_dir(self.logs)
         return {"lsn": self.lsn, "ntotal": self.index.ntotal, "checksum": directory_checksum(path)}
