@@ -45,6 +45,7 @@ from ..errors import (
     SpecError,
 )
 from ..index.base import BaseIndex, positive_int
+from ..index.fastscan import FastScanLists
 from ..index.ivf import IVFIndex
 from ..spec import as_spec, index_factory
 from .hashing import virtual_shard
@@ -435,18 +436,21 @@ def _encode_part(out: str, fingerprint: str, src: str, start: int, stop: int, id
     segments = []
     if enc.segments:
         (seg,) = enc.segments
-        if seg.codes is None:
-            raise SpecError(f"{model.spec}: a distributed build cannot split fast-scan (fs) segments into shards")
         lists = seg.lists()
         owner = vmap[virtual_shard(seg.ids, vmap.shape[0]) if layout == "ids" else lists]
         for sh in np.unique(owner):
-            m = owner == sh
-            cols: dict[str, Any] = {"ids": seg.ids[m], "codes": seg.codes[m], "offsets": np.concatenate(
-                [[0], np.cumsum(np.bincount(lists[m], minlength=part.nlist))]).astype(np.int64)}
+            rows = np.flatnonzero(owner == sh)  # still in list order
+            offsets = np.concatenate([[0], np.cumsum(np.bincount(lists[rows], minlength=part.nlist))]).astype(np.int64)
+            cols: dict[str, Any] = {"ids": seg.ids[rows], "offsets": offsets}
+            codes = seg.codes_at(rows)
+            if part.fast_scan:
+                cols["packed"] = FastScanLists.from_codes(codes, offsets).packed
+            else:
+                cols["codes"] = codes
             if seg.norms is not None:
-                cols["norms"] = seg.norms[m]
+                cols["norms"] = seg.norms[rows]
             if seg.vectors is not None:
-                cols["vectors"] = seg.vectors.read(np.flatnonzero(m))
+                cols["vectors"] = seg.vectors.read(rows)
             segments.append(part.segment_from_columns(int(sh) + 1, cols, np.empty(0, np.int64)))
     part.set_segments(segments, int(vmap.max()) + 2, enc.next_id)
     part.auto_compact = False
