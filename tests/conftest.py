@@ -30,8 +30,26 @@ def dask_client():
     distributed = pytest.importorskip("distributed")
     from annvq.distributed import local_cluster
 
+    saved = dict(os.environ)
     cluster = local_cluster(2, threads_per_worker=1)
     client = distributed.Client(cluster)
+    _restore_environment(saved)
     yield client
     client.close()
     cluster.close()
+    _restore_environment(saved)
+
+
+def _restore_environment(saved: dict[str, str]) -> None:
+    """Dask's nannies set variables such as MALLOC_TRIM_THRESHOLD_ and OMP_NUM_THREADS in this process
+    when they start workers; without this, every later server process of the run inherits them."""
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _environment_kept():
+    """A worker restarted by its nanny during a test sets them again: put the environment back."""
+    saved = dict(os.environ)
+    yield
+    _restore_environment(saved)
