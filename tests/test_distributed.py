@@ -188,6 +188,25 @@ def test_merge_orders_by_distance_then_id_and_pads():
     assert I.tolist() == [[4, 7, 8]] and D.tolist() == [[-1.0, -1.0, -2.0]]
 
 
+def test_encode_tasks_are_equal_shares_for_every_thread():
+    from annvq.distributed.builder import _row_ranges
+
+    # 1M rows in chunks of at most 65,536 on 2 threads: 16 equal tasks, 8 per thread, no odd last one
+    ranges = _row_ranges([1_000_000], 65_536, 2)
+    sizes = [b - a for _, a, b in ranges]
+    assert len(ranges) == 16 and max(sizes) - min(sizes) <= 1 and max(sizes) <= 65_536
+    assert ranges[0][1] == 0 and ranges[-1][2] == 1_000_000
+    # several sources: every row of each exactly once, no range over chunk_rows or across sources
+    counts = [2000, 2500, 3]
+    for threads in (1, 3, 4):
+        ranges = _row_ranges(counts, 1000, threads)
+        for s, n in enumerate(counts):
+            mine = [(a, b) for t, a, b in ranges if t == s]
+            assert mine[0][0] == 0 and mine[-1][1] == n
+            assert all(b0 == a1 for (_, b0), (a1, _) in zip(mine, mine[1:])) and all(0 < b - a <= 1000 for a, b in mine)
+    assert _row_ranges([0], 1000, 2) == []
+
+
 def test_bad_scheduler_address_is_a_clear_error_within_the_timeout(monkeypatch):
     t = time.perf_counter()
     with pytest.raises(ClusterError, match="127.0.0.1:1"):

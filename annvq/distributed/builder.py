@@ -75,7 +75,8 @@ def build(client: Any, sources: str | os.PathLike | Sequence[str | os.PathLike],
     each row's position over all sources). ``shards`` physical shards receive ``virtual_shards``
     virtual ones each by contiguous blocks; ``layout="lists"`` places vectors by inverted list
     instead (IVF only; see :class:`~annvq.distributed.ShardedIndex`'s ``route``). The sample of
-    ``train_size`` rows comes from ``learn`` when given. Tasks encode ``chunk_rows`` rows each.
+    ``train_size`` rows comes from ``learn`` when given. Tasks encode at most ``chunk_rows`` rows each, in
+    equal shares whose number is a multiple of the cluster's threads.
     ``model``: a trained index directory (say, the ``model`` of an earlier build) to encode with
     instead of training one; its spec and metric apply (``spec`` and ``metric`` may be None).
     ``metric`` defaults to "l2".
@@ -136,7 +137,7 @@ def build(client: Any, sources: str | os.PathLike | Sequence[str | os.PathLike],
         fingerprint, hist = _train(client, out, params, srcs, counts, learn_s)
     vmap = _vshard_map(virtual_shards, shards, None if layout == "ids" else np.asarray(hist))
     vmap_f = client.scatter(vmap, broadcast=True)
-    ranges = [(s, a, min(a + chunk_rows, n)) for s, n in enumerate(counts) for a in range(0, n, chunk_rows)]
+    ranges = _row_ranges(counts, chunk_rows, sum(client.nthreads().values()))
     bases = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     futures = []
     for c, (s, a, b) in enumerate(ranges):
@@ -157,6 +158,17 @@ def build(client: Any, sources: str | os.PathLike | Sequence[str | os.PathLike],
 
 
 # --- planning helpers (client side) -------------------------------------------------------------
+def _row_ranges(counts: list[int], chunk_rows: int, threads: int) -> list[tuple[int, int, int]]:
+    """``(source, start, stop)`` of every encode task: rows cut into equal ranges of at most ``chunk_rows``,
+    as many as a multiple of the cluster's ``threads``, so that no thread idles while another encodes a
+    last, odd range."""
+    total = sum(counts)
+    tasks = -(-total // chunk_rows)
+    tasks = -(-tasks // max(1, threads)) * max(1, threads)
+    size = max(1, -(-total // max(1, tasks)))
+    return [(s, a, min(a + size, n)) for s, n in enumerate(counts) for a in range(0, n, size)]
+
+
 def _id_arguments(ids: Sequence[Any] | None, srcs: list[str], counts: list[int]) -> list[Any]:
     """Per source: None (row positions), an int64 array, or the absolute path of a .npy file of ids."""
     if ids is None:
