@@ -311,17 +311,17 @@ def search_unpacked(codes: np.ndarray, qtab: np.ndarray, reservoir: Reservoir, l
 
 def rescore_exact(view: list, state: tuple, k: int, qtab: np.ndarray, probes: np.ndarray | None = None,
                   consts: np.ndarray | None = None, ptab: np.ndarray | None = None) -> None:
-    """Replace the quantised distances in the reservoirs ``state`` (``topk_init`` arrays holding up to
-    ``2k + 32`` candidates of the segments of ``view``, labels ``(position << 40) | row``) by the exact
-    float table sums, for candidates of packed segments; candidates of unpacked segments have exact
-    distances already. The reservoirs then rank by exact code distance."""
+    """Keep the best ``k`` candidates of the reservoirs ``state`` (``topk_init`` arrays of the segments of
+    ``view``, labels ``(position << 40) | row``) and replace their quantised distances by the exact float
+    table sums, for candidates of packed segments; candidates of unpacked segments have exact distances
+    already. The reservoirs then hold ``k`` candidates ranked by exact code distance."""
     rd, ri, cnt, _ = state
-    D, L = finish_all(rd, ri, cnt, rd.shape[1], False)
+    D, L = finish_all(rd, ri, cnt, k, False)
     for pos, seg in enumerate(view):
         if getattr(seg, "packed", None) is not None:
             seg.packed.rescore(qtab, L, D, probes, consts, ptab, pos << 40)
-    rd[:, :] = D  # finish_all put every query's candidates first, the -1 padding after them
-    ri[:, :] = L
+    rd[:, :k] = D  # finish_all put every query's candidates first, the -1 padding after them
+    ri[:, :k] = L
     cnt[:] = (L >= 0).sum(axis=1)
 
 
