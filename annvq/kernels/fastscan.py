@@ -402,32 +402,36 @@ def rescore(qtab, ptab, probes, consts, packed, offsets, boffsets, label_base, l
     candidates ``labels`` (nq, kk) that belong to this packed array (``label_base <= label <
     label_base + n``), written into ``dist`` (nq, kk) in place; other labels are left alone.
 
-    ``p`` is the probe of the candidate's list ``l`` in ``probes[q]``; a candidate whose list was not
-    probed gets +inf.
+    ``p`` is the probe of ``probes[q]`` whose list ``l`` holds the candidate (found among the probed
+    lists, not among all lists); a candidate in no probed list gets +inf. The sum runs in the order
+    of :func:`~annvq.kernels.adc.scan_codes`, so a row has the same distance packed or not.
     """
     nq, kk = labels.shape
     M = qtab.shape[1]
+    nprobe = probes.shape[1]
     n = offsets[-1]
     has_pt = ptab.shape[0] > 0
+    qf = qtab.reshape(nq, M * 16)
+    pf = ptab.reshape(ptab.shape[0], M * 16)
     for q in prange(nq):
         for a in range(kk):
             r = labels[q, a] - label_base
             if labels[q, a] < 0 or r < 0 or r >= n:
                 continue
-            l = np.searchsorted(offsets, r, side="right") - 1
             p = 0
-            while p < probes.shape[1] and probes[q, p] != l:
+            while p < nprobe and not (probes[q, p] >= 0 and offsets[probes[q, p]] <= r < offsets[probes[q, p] + 1]):
                 p += 1
-            if p == probes.shape[1]:
+            if p == nprobe:
                 dist[q, a] = np.inf
                 continue
+            l = probes[q, p]
             s = r - offsets[l]
-            b = boffsets[l] + s // BLOCK
             i, shift = _byte_of_slot(s % BLOCK)
+            row = packed[boffsets[l] + s // BLOCK]
             acc = np.float32(consts[q, p])
             for m in range(M):
-                c = (packed[b, (m >> 1) * 32 + (m & 1) * 16 + i] >> shift) & 15
-                acc += qtab[q, m, c] + ptab[l, m, c] if has_pt else qtab[q, m, c]
+                c = 16 * m + ((row[16 * m + i] >> shift) & 15)
+                acc += qf[q, c] + pf[l, c] if has_pt else qf[q, c]
             dist[q, a] = acc
 
 
