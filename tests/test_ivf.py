@@ -97,6 +97,35 @@ def test_partial_probe_equals_bruteforce_over_probed_lists(data, spec, metric):
         np.testing.assert_allclose(sign * Dv[q], ref, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize(("spec", "metric"), [("IVF16,PQ4x8", "l2"), ("IVF16,SQ8", "ip"), ("IVF16,PQ8x4fs", "l2"),
+                                            ("IVF16,PQ4x8,Refine", "cosine")])
+def test_search_preassigned_equals_search(data, spec, metric):
+    """Lists chosen by the caller (a router searching the coarse quantizer once for several shards) give
+    exactly what search finds with the same nprobe, over sealed and growing segments alike."""
+    x, xq = data
+    idx = annvq.index_factory(D, spec, metric=metric)
+    idx.train(x)
+    idx.add(x[:2000])
+    idx.add(x[2000:2300])  # a growing segment too
+    scores, lists = idx.coarse.search(idx.prepare(xq), 5, idx.codec_metric)
+    D1, I1 = idx.search(xq, 7, nprobe=5)
+    D2, I2 = idx.search_preassigned(xq, 7, lists, scores)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_array_equal(D1, D2)
+    # a list left out (-1) is not visited
+    cut = lists.copy()
+    cut[:, 1:] = -1
+    np.testing.assert_array_equal(idx.search_preassigned(xq, 7, cut, scores)[1], idx.search(xq, 7, nprobe=1)[1])
+    with pytest.raises(InvalidInputError, match="nprobe=3 differs"):
+        idx.search_preassigned(xq, 7, lists, scores, nprobe=3)
+    with pytest.raises(InvalidInputError, match="lists and scores"):
+        idx.search_preassigned(xq, 7, lists[:3], scores[:3])
+    with pytest.raises(InvalidInputError, match="list numbers"):
+        idx.search_preassigned(xq, 7, lists + 100, scores)
+    with pytest.raises(InvalidInputError, match="not finite"):
+        idx.search_preassigned(xq, 7, lists, np.full(scores.shape, np.nan))
+
+
 def test_results_sorted_padded_and_ids_external(data, pq_index):
     x, xq = data
     D1, I1 = pq_index.search(xq, 5000, nprobe=16)  # k > ntotal: pads

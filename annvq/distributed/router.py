@@ -560,13 +560,18 @@ class ShardedIndex:
         D, I, _ = self._gather_topk(xq, k, pd)
         return D, I
 
-    def _targets(self, xq: np.ndarray, pd: dict[str, Any]) -> list[tuple[_Shard, np.ndarray | None]]:
-        """The shards to ask and, when routing by lists, the queries (rows) each must answer."""
-        if self.route == "all":
-            return [(sh, None) for sh in self._shards]
+    def _assign(self, xq: np.ndarray, pd: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The coarse ``(scores, lists)`` of the queries, searched once here for every shard."""
         model = self._list_model()
         nprobe = min(pd.get("nprobe") or model.nprobe, model.nlist)
-        _, probes = model.coarse.search(model.prepare(xq, "xq"), nprobe, model.codec_metric)
+        return model.coarse.search(model.prepare(xq, "xq"), nprobe, model.codec_metric)
+
+    def _targets(self, probes: np.ndarray | None) -> list[tuple[_Shard, np.ndarray | None]]:
+        """The shards to ask and, when routing by lists (``probes``: the lists of each query), the queries
+        (rows) each must answer."""
+        if self.route == "all":
+            return [(sh, None) for sh in self._shards]
+        assert probes is not None  # routing by lists assigns the queries first
         owner = np.where(probes >= 0, self._vmap[np.maximum(probes, 0)], -1)
         out: list[tuple[_Shard, np.ndarray | None]] = []
         for sh in self._shards:
@@ -577,10 +582,25 @@ class ShardedIndex:
 
     def _gather_topk(self, xq: np.ndarray, k: int, pd: dict[str, Any]
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Merged top ``k`` of every shard asked, with the shard each result came from."""
-        targets = self._targets(xq, pd)
-        method = "search_small" if xq.shape[0] <= _SMALL else "search"
-        results = self._scatter([(sh, (xq if rows is None else xq[rows], k, pd)) for sh, rows in targets], method)
+        """Merged top ``k`` of every shard asked, with the shard each result came from.
+
+        Batches to an IVF build search its coarse quantizer here, once, and the shards only scan the
+        lists chosen (``search_preassigned``), rather than every shard repeating the coarse search.
+        """
+        small = xq.shape[0] <= _SMALL
+        assigned = self._assign(xq, pd) if isinstance(self.model, IVFIndex) and (
+            not small or self.route != "all") else None
+        targets = self._targets(None if assigned is None else assigned[1])
+        calls: list[tuple[_Shard, tuple]]
+        if small or assigned is None:
+            method = "search_small" if small else "search"
+            calls = [(sh, (xq if rows is None else xq[rows], k, pd)) for sh, rows in targets]
+        else:
+            method = "search_preassigned"
+            pick = lambda a, rows: a if rows is None else a[rows]  # noqa: E731
+            calls = [(sh, (pick(xq, rows), k, pick(assigned[1], rows), pick(assigned[0], rows), pd))
+                     for sh, rows in targets]
+        results = self._scatter(calls, method)
         desc = self.metric != "l2"
         nq = xq.shape[0]
         Ds, Is = [], []

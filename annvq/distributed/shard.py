@@ -33,6 +33,7 @@ import numpy as np
 from .. import storage
 from ..errors import FormatError, InvalidInputError
 from ..index.base import BaseIndex, as_id_array
+from ..index.ivf import IVFIndex
 from ..kernels import exact_distances
 from ..storage.wal import OP_ADD, OP_DELETE, LogReader, Record, WriteAheadLog
 from .manifest import ShardEntry, directory_checksum
@@ -122,6 +123,14 @@ class ShardServer:
     # --- reads ---------------------------------------------------------------------------------
     def search(self, xq: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         return self.index.search(xq, k, params)
+
+    def search_preassigned(self, xq: np.ndarray, k: int, lists: np.ndarray, scores: np.ndarray,
+                           params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` of an IVF shard visiting the lists the router chose (see
+        :meth:`annvq.IVFIndex.search_preassigned`)."""
+        if not isinstance(self.index, IVFIndex):
+            raise InvalidInputError(f"shard {self.shard}: a {self.index.index_type} index has no inverted lists")
+        return self.index.search_preassigned(xq, k, lists, scores, params)
 
     async def search_small(self, xq: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`search` for a few queries, run on the worker's event loop (or, while a write is being

@@ -446,8 +446,11 @@ class BaseIndex(ABC):
         """
         p = parse_params(self.params_type, params, kwargs, f"a {self.index_type} index")
         self._require_trained()
-        k = check_k(k)
-        xq = self.prepare(xq, "xq")
+        return self._search(self.prepare(xq, "xq"), check_k(k), p, None)
+
+    def _search(self, xq: np.ndarray, k: int, p: SearchParams, assigned: tuple[np.ndarray, np.ndarray] | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` of prepared queries; ``assigned``: the coarse ``(scores, lists)`` when already known."""
         rerank = self.rerank if p.rerank is None else p.rerank
         if rerank and not self.rerank:
             raise InvalidInputError("rerank: this index keeps no exact vectors (build it with Refine)")
@@ -460,7 +463,7 @@ class BaseIndex(ABC):
         view = self._view()
         with search_threads(xq.shape[0]):
             rd, ri, cnt, thresh = topk_init(xq.shape[0], depth)
-            self._scan(xq, view, (rd, ri, cnt, thresh), depth, p)
+            self._scan(xq, view, (rd, ri, cnt, thresh), depth, p, assigned)
             D, L = topk_finish_batch(rd, ri, cnt, kk)
             if rerank or decoded:
                 D, L = self._rerank(xq, view, L, k, exact=rerank)
@@ -786,8 +789,10 @@ class BaseIndex(ABC):
         """Reconstructions of rows from their codes and list numbers."""
 
     @abstractmethod
-    def _scan(self, xq: np.ndarray, view: list, state: tuple, k: int, params: SearchParams) -> None:
-        """Offer the rows of every segment of ``view`` to the reservoirs ``state`` (labels by position)."""
+    def _scan(self, xq: np.ndarray, view: list, state: tuple, k: int, params: SearchParams,
+              assigned: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Offer the rows of every segment of ``view`` to the reservoirs ``state`` (labels by position);
+        ``assigned``: the coarse ``(scores, lists)`` of an inverted-file index, when the caller has them."""
 
     def _norm_values(self, codes: np.ndarray) -> np.ndarray:
         xh = self.codec.decode(codes)

@@ -53,7 +53,8 @@ class FlatIndex(BaseIndex):
     def _decode_rows(self, codes: np.ndarray, lists: np.ndarray) -> np.ndarray:
         return self.codec.decode(codes)
 
-    def _scan(self, xq: np.ndarray, view: list, state: tuple, k: int, params: SearchParams) -> None:
+    def _scan(self, xq: np.ndarray, view: list, state: tuple, k: int, params: SearchParams,
+              assigned: tuple[np.ndarray, np.ndarray] | None) -> None:
         M, K = self.codec.M, self.codec.ksub
         block = max(1, _TABLE_BYTES // (M * K * 4))  # bounds the tables' memory (16-bit codes: 256 KiB a table)
         rd, ri, cnt, thresh = state

@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import missing_ids
-from ..errors import FormatError
+from .._validate import check_k, missing_ids
+from ..errors import FormatError, InvalidInputError
 from ..kernels.ivf import ivf_scan
 from ..quantizers import Quantizer
 from .base import BaseIndex, as_id_array, positive_int
 from .coarse import make_coarse
 from .fastscan import Reservoir, list_tables, rescore_exact
-from .params import IVFSearchParams, SearchParams
+from .params import IVFSearchParams, SearchParams, parse_params
 from .segments import ROW_BITS, Rows
 
 _TABLE_BYTES = 2 << 20  # lookup tables of one query block: small enough to stay in cache until scanned
@@ -113,7 +113,8 @@ class IVFIndex(BaseIndex):
         return self.coarse.centroids[lists] + self.codec.decode(codes)
 
     # --- search ----------------------------------------------------------------------------------
-    def _scan(self, xq: np.ndarray, view: list, state: tuple, k: int, params: SearchParams) -> None:
+    def _scan(self, xq: np.ndarray, view: list, state: tuple, k: int, params: SearchParams,
+              assigned: tuple[np.ndarray, np.ndarray] | None) -> None:
         nprobe = min(getattr(params, "nprobe", None) or self.nprobe, self.nlist)
         cm = self.codec_metric
         nq, M, K = xq.shape[0], self.codec.M, self.codec.ksub
@@ -122,7 +123,10 @@ class IVFIndex(BaseIndex):
         ptab = self._list_tables() if self.fast_scan else None
         for s in range(0, nq, block):
             q = xq[s : s + block]
-            consts, probes = self.coarse.search(q, nprobe, cm)
+            if assigned is None:
+                consts, probes = self.coarse.search(q, nprobe, cm)
+            else:
+                consts, probes = assigned[0][s : s + block], assigned[1][s : s + block]
             qq = 2.0 * q if cm == "l2" else q
             linear = self.codec.linear_ip(qq)
             if linear is not None:
@@ -144,6 +148,34 @@ class IVFIndex(BaseIndex):
                          pos << ROW_BITS, *block_state, k)
             if self.fast_scan:
                 rescore_exact(view, block_state, k, tables, probes, consts, ptab)
+
+    def search_preassigned(self, xq: Any, k: int, lists: Any, scores: Any,
+                           params: SearchParams | dict[str, Any] | None = None, **kwargs: Any
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` visiting lists already chosen, as faiss's ``search_preassigned``: a router that
+        serves several indexes of one model (the shards of a build) searches the coarse quantizer once.
+
+        ``lists`` (nq, nprobe) int64 list numbers, best first, -1 for none; ``scores`` (nq, nprobe) their
+        coarse scores as ``coarse.search(xq, nprobe, codec_metric)`` returns them (squared distances to
+        the centroids under L2, negated inner products under "ip"). The result equals :meth:`search`
+        with that ``nprobe``.
+        """
+        p = parse_params(self.params_type, params, kwargs, f"a {self.index_type} index")
+        self._require_trained()
+        xq = self.prepare(xq, "xq")
+        probes = np.ascontiguousarray(lists, dtype=np.int64)
+        consts = np.ascontiguousarray(scores, dtype=np.float32)
+        if probes.ndim != 2 or probes.shape[0] != xq.shape[0] or consts.shape != probes.shape:
+            raise InvalidInputError(f"lists and scores must both be (nq={xq.shape[0]}, nprobe) arrays, got "
+                                    f"{probes.shape} and {consts.shape}")
+        if probes.size and (probes.min() < -1 or probes.max() >= self.nlist):
+            raise InvalidInputError(f"lists: list numbers must be in [0, {self.nlist}) or -1")
+        nprobe = getattr(p, "nprobe", None)
+        if nprobe is not None and nprobe != probes.shape[1]:
+            raise InvalidInputError(f"nprobe={nprobe} differs from the {probes.shape[1]} lists given per query")
+        if not np.isfinite(consts[probes >= 0]).all():
+            raise InvalidInputError("scores: not finite")
+        return self._search(xq, check_k(k), p, (consts, probes))
 
     def _list_tables(self) -> np.ndarray | None:
         """Per-list tables of a fast-scan index (``||cb||^2 + 2 c.cb`` under L2; None under "ip"),
