@@ -22,7 +22,11 @@ annvq AQ's and RQ's. One thread (``--threads``), every peer in the same process.
 ``--coarse``: IVF256,PQ16x8 on the built-in 110k SIFT set against faiss IVF256,PQ16 at nprobe 1
 over several seeds (R@10: the true neighbour in the top 10; coarse recall: the true neighbour in the
 query's list; list_cv: coefficient of variation of list sizes), plus annvq's coarse k-means with
-k-means++ seeding, its start before it became random.
+k-means++ seeding, its start before it became random. ``--coarse-families``: the coarse k-means alone
+(as IVF trains it) against faiss's IVF training on every family at nlist 64 and 256, with the mean
+over all of them.
+
+    python benchmarks/bench_families.py --coarse-families --coarse-seeds 3 --out families_coarse_all
 """
 from __future__ import annotations
 
@@ -54,6 +58,7 @@ import numpy as np
 import annvq
 from annvq.datasets import (
     Dataset,
+    knn_groundtruth,
     load_annb,
     make_correlated,
     make_embeddings,
@@ -248,6 +253,48 @@ def coarse_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def coarse_family_rows(seeds: int, n: int, nlists: tuple[int, ...] = (64, 256)) -> list[dict[str, Any]]:
+    """annvq's coarse k-means (``FlatCoarse`` as IVF trains it) against faiss's IVF training on every
+    family, ``seeds`` seeds per (family, nlist): coarse recall, list-size spread, train seconds."""
+    from annvq.index.coarse import FlatCoarse
+
+    rows = []
+    for fam in FAMILIES:
+        ds = fam.load(n)
+        x, xq = np.ascontiguousarray(ds.train, np.float32), np.ascontiguousarray(ds.test, np.float32)
+        nn = knn_groundtruth(x, xq, 1)[1][:, 0]
+        for nlist in nlists:
+            for seed in range(seeds):
+                cq, t = timed(lambda nlist=nlist, seed=seed, x=x: FlatCoarse(nlist, random_state=seed).fit(x))
+                rows.append({"family": fam.name, "nlist": nlist, "lib": "annvq", "seed": seed,
+                             **_coarse_stats(cq.centroids, x, xq, nn), "train_s": t})
+                if faiss is not None:
+                    index = faiss.index_factory(x.shape[1], f"IVF{nlist},Flat")
+                    ivf = faiss.extract_index_ivf(index)
+                    ivf.cp.seed = 1234 + seed
+                    ivf.verbose = False
+                    _, t = timed(lambda index=index, x=x: index.train(x))
+                    cents = faiss.downcast_index(ivf.quantizer).reconstruct_n(0, nlist)
+                    rows.append({"family": fam.name, "nlist": nlist, "lib": "faiss", "seed": seed,
+                                 **_coarse_stats(cents, x, xq, nn), "train_s": t})
+    return rows
+
+
+def coarse_family_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean coarse recall and list spread per (family, nlist) and library, and over all of them."""
+    out = []
+    keys = list(dict.fromkeys((r["family"], r["nlist"]) for r in rows)) + [("all", 0)]
+    for fam, nlist in keys:
+        row: dict[str, Any] = {"family": fam, "nlist": nlist or "all"}
+        for lib in ("annvq", "faiss"):
+            mine = [r for r in rows if r["lib"] == lib and (fam == "all" or (r["family"], r["nlist"]) == (fam, nlist))]
+            if mine:
+                row[f"{lib} coarse_recall"] = round(float(np.mean([r["coarse_recall"] for r in mine])), 4)
+                row[f"{lib} list_cv"] = round(float(np.mean([r["list_cv"] for r in mine])), 3)
+        out.append(row)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--families", nargs="*", default=[f.name for f in FAMILIES], choices=[f.name for f in FAMILIES])
@@ -259,6 +306,8 @@ def main() -> None:
     ap.add_argument("--out", default="families", help="results file stem under benchmarks/results/")
     ap.add_argument("--coarse", action="store_true",
                     help="only the IVF coarse-quantizer comparison on the built-in SIFT set")
+    ap.add_argument("--coarse-families", action="store_true",
+                    help="only the coarse k-means against faiss's on every family, nlist 64 and 256")
     ap.add_argument("--coarse-seeds", type=int, default=5)
     ap.add_argument("--coarse-train", choices=["learn", "base"], default="learn",
                     help="train on the learn split or the base")
@@ -266,6 +315,13 @@ def main() -> None:
     if args.data_dir:
         os.environ["ANNVQ_SHARED_DATA"] = args.data_dir
     apply_thread_limits(args.threads)
+    if args.coarse_families:
+        rows = coarse_family_rows(args.coarse_seeds, args.n)
+        summary = coarse_family_summary(rows)
+        print("\ncoarse k-means, annvq vs faiss, mean over seeds\n" + markdown_table(summary, list(summary[0])))
+        path = write_results(args.out, {"threads": args.threads, "args": vars(args), "rows": rows, "summary": summary})
+        print(f"results written to {path}")
+        return
     if args.coarse:
         rows = coarse_rows(args.coarse_seeds, args.coarse_train)
         summary = coarse_summary(rows)
