@@ -80,14 +80,19 @@ def beam_encode(
 
 
 def least_squares_codebooks(
-    x: np.ndarray, codes: np.ndarray, codebooks: np.ndarray, ridge: float = 1e-3, max_dense: int = MAX_TABLE_CODEWORDS
+    x: np.ndarray, codes: np.ndarray, codebooks: np.ndarray, ridge: float = 1e-3, shrink: float = 0.0,
+    max_dense: int = MAX_TABLE_CODEWORDS,
 ) -> np.ndarray:
-    """Codebooks (M, K, d) minimising ``||x - B C||^2 + ridge ||C - C0||^2`` for fixed codes.
+    """Codebooks (M, K, d) minimising ``||x - B C||^2 + ridge ||C - C0||^2 + shrink ||C||^2`` for fixed codes.
 
     ``B`` is the one-hot code matrix and ``C0`` the current ``codebooks``; the small proximal ridge
     fixes the gauge freedom (moving a vector between codebooks) and leaves unused codewords where
-    they are. Solved by Cholesky on ``B^T B`` when M*K <= ``max_dense``, else by Jacobi-preconditioned
-    conjugate gradients with ``B^T B`` applied implicitly (memory O(M*K*d)).
+    they are. Both weights count as vectors per codeword (``B^T B`` holds the codeword counts on its
+    diagonal). ``shrink`` > 0 regularises for real: when the training vectors barely outnumber the
+    M*K codewords, ``B^T B`` is nearly singular and the plain solution reproduces them with huge,
+    cancelling codewords that no encoder finds again. Solved by Cholesky on ``B^T B`` when
+    M*K <= ``max_dense``, else by Jacobi-preconditioned conjugate gradients with ``B^T B`` applied
+    implicitly (memory O(M*K*d)).
     """
     M, K, d = codebooks.shape
     c0 = codebooks.reshape(M * K, d).astype(np.float64)
@@ -95,10 +100,10 @@ def least_squares_codebooks(
     rhs += ridge * c0
     if M * K <= max_dense:
         G = code_gram(codes, K)
-        G[np.diag_indices_from(G)] += ridge
+        G[np.diag_indices_from(G)] += ridge + shrink
         sol = cho_solve(cho_factor(G, overwrite_a=True), rhs, overwrite_b=True)
     else:
-        sol = _cg_solve(codes, K, counts, ridge, rhs, c0)
+        sol = _cg_solve(codes, K, counts, ridge + shrink, rhs, c0)
     return sol.astype(np.float32).reshape(M, K, d)
 
 

@@ -33,6 +33,11 @@ class CompositeQuantizer(AdditiveCodec):
        refined ``probe_iters`` unconstrained rounds; the one with the lower error goes on). SIFT-like
        data prefer the product start, normalised embeddings the residual one.
     2. ``niter_free`` unconstrained rounds (additive quantization: least-squares codebooks, ICM codes).
+       Each codebook update is damped by a proximal ridge (weight ``ridge``, toward the previous
+       codebooks) and regularised by a pull toward 0 (weight ``shrink``), both in vectors per
+       codeword. Without them, training on about as many vectors as there are codewords (M*K) fits
+       the training vectors exactly with huge, cancelling codewords, whose codes no encoder finds:
+       CQ4x8 on 1,000 normalised vectors ended with an MSE of 2.6, above the data's energy of 1.
     3. ``niter`` penalised rounds: L-BFGS on the codebooks (``lbfgs_iters`` steps), new codes, then
        the closed-form ``eps`` (mean cross term). ``mu`` rises geometrically from ``mu / 100`` over
        the first ``ramp`` rounds, so the codebooks leave the unconstrained optimum gradually. Codes
@@ -56,6 +61,8 @@ class CompositeQuantizer(AdditiveCodec):
         penalty: float = 10.0,
         niter: int = 10,
         niter_free: int = 10,
+        ridge: float = 1.0,
+        shrink: float = 0.1,
         ramp: int = 5,
         niter_encoder: int = 5,
         lbfgs_iters: int = 20,
@@ -73,6 +80,9 @@ class CompositeQuantizer(AdditiveCodec):
         if init not in _INITS:
             raise InvalidInputError(f"init must be one of {', '.join(_INITS)}, got {init!r}")
         self.penalty, self.niter, self.niter_free = float(penalty), int(niter), int(niter_free)
+        self.ridge, self.shrink = float(ridge), float(shrink)
+        if not (self.ridge >= 0 and self.shrink >= 0 and 0 < self.ridge + self.shrink < np.inf):
+            raise InvalidInputError(f"ridge and shrink must be finite, >= 0 and not both 0, got {ridge}, {shrink}")
         self.ramp, self.niter_encoder, self.lbfgs_iters = int(ramp), int(niter_encoder), int(lbfgs_iters)
         self.icm_sweeps, self.train_ils_rounds = int(icm_sweeps), int(train_ils_rounds)
         self.ils_rounds = int(ils_rounds)
@@ -152,7 +162,7 @@ class CompositeQuantizer(AdditiveCodec):
     def _free_rounds(self, x: np.ndarray, codes: np.ndarray, rounds: int, seed: int) -> np.ndarray:
         """Unconstrained additive quantization rounds: least-squares codebooks, then ICM codes."""
         for t in range(rounds):
-            self._set_codebooks(least_squares_codebooks(x, codes, self.codebooks))
+            self._set_codebooks(least_squares_codebooks(x, codes, self.codebooks, self.ridge, self.shrink))
             codes = self._icm(x, codes, self.icm_sweeps, 0.0, 0.0, self.train_ils_rounds, seed=seed + t)[0]
         return codes
 
