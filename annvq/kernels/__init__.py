@@ -1,6 +1,8 @@
-"""Numerical kernels: pure functions over NumPy arrays (Numba ``@njit(cache=True)`` or BLAS).
+"""Numerical kernels: pure functions over NumPy arrays (Numba ``@njit(cache=True, nogil=True)`` or BLAS).
 
-Nothing here knows about codecs or indexes; codecs and indexes call these.
+Nothing here knows about codecs or indexes; codecs and indexes call these. Every kernel releases the
+GIL while it runs, as BLAS does, so the threads of a service (searches, adds, background merges) run
+at once on several cores instead of taking turns.
 """
 from .adc import admit, ip_tables, l2_tables, scan_codes, scan_topk_batch, select_k, topk_finish, topk_init
 from .additive import code_gram, cross_terms, decode_sum, scatter_rows

@@ -63,7 +63,7 @@ def _partition(d, lab, lo, hi, pivot, or_equal):
     return j
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def select_range(d, lab, n, kmin, kmax):
     """Reorder ``d[:n]`` (and ``lab`` alongside) so that ``d[:m]`` holds the m smallest for some m with
     ``kmin <= m <= kmax`` (ties broken arbitrarily); returns m.
@@ -106,7 +106,7 @@ def select_range(d, lab, n, kmin, kmax):
             lo = j
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def select_k(d, lab, n, k):
     """Reorder ``d[:n]`` (and ``lab`` alongside) so ``d[:k]`` holds the k smallest; returns their maximum."""
     select_range(d, lab, n, k, k)
@@ -116,7 +116,7 @@ def select_k(d, lab, n, k):
     return worst
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def shrink(d, lab, n, k):
     """Make room in a full reservoir ``d[:n]``: keep its m smallest, k <= m <= max(k, n - 32), cheaply (the
     first partition that lands in that range); returns ``(m, their maximum)``, the new count and threshold.
@@ -131,7 +131,7 @@ def shrink(d, lab, n, k):
     return m, worst
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def topk_init(nq: int, k: int):
     """Empty top-k reservoirs for ``nq`` queries: ``(dist, label, count, threshold)``.
 
@@ -146,7 +146,7 @@ def topk_init(nq: int, k: int):
             np.zeros(nq, dtype=np.int64), np.full(nq, np.inf, dtype=np.float32))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def admit(dist, n, base, rd, ri, cnt, thresh, k):
     """Offer ``dist[:n]`` with labels ``base + j`` to the reservoir ``(rd, ri)``; returns ``(cnt, thresh)``.
 
@@ -179,7 +179,7 @@ def admit(dist, n, base, rd, ri, cnt, thresh, k):
     return cnt, thresh
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def scan_codes(table, codes, bias, const, base, rd, ri, cnt, thresh, k):
     """Offer ``const + bias[i] + sum_m table[m, codes[i, m]]`` with label ``base + i`` for every code.
 
@@ -228,7 +228,7 @@ def scan_codes(table, codes, bias, const, base, rd, ri, cnt, thresh, k):
     return cnt, thresh
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def topk_finish(rd, ri, cnt, k, out_d, out_i):
     """Write a reservoir's best ``k`` ascending into ``out_d``/``out_i``; +inf / -1 pad missing slots."""
     if cnt > k:
@@ -256,7 +256,7 @@ def topk_finish(rd, ri, cnt, k, out_d, out_i):
         out_i[j] = -1
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def flat_scan(tables, codes, bias, base, rd, ri, cnt, thresh, k):
     """Offer every code to each query's reservoir (see :func:`topk_init`), labels ``base + row``.
 
@@ -281,7 +281,7 @@ def flat_scan(tables, codes, bias, base, rd, ri, cnt, thresh, k):
                                                thresh[q], k)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def topk_finish_batch(rd, ri, cnt, k):
     """``(D, R)`` (nq, k) ascending from the reservoirs of :func:`topk_init`; +inf / -1 pad short rows."""
     nq = rd.shape[0]

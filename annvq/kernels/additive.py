@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def decode_sum(cb: np.ndarray, codes: np.ndarray, K: int) -> np.ndarray:
     """Reconstructions (n, d), in the dtype of ``cb``: the sum over m of ``cb[m*K + codes[i, m]]``."""
     n, M = codes.shape
@@ -23,7 +23,7 @@ def decode_sum(cb: np.ndarray, codes: np.ndarray, K: int) -> np.ndarray:
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def scatter_rows(values: np.ndarray, codes: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
     """``B^T values`` for the one-hot code matrix B: per-codeword sums (M*K, d) float64 and counts (M*K,)."""
     n, M = codes.shape
@@ -39,7 +39,7 @@ def scatter_rows(values: np.ndarray, codes: np.ndarray, K: int) -> tuple[np.ndar
     return sums, counts
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def code_gram(codes: np.ndarray, K: int) -> np.ndarray:
     """``B^T B`` (M*K, M*K) float64: how many vectors use both codeword a and codeword b."""
     n, M = codes.shape
@@ -52,7 +52,7 @@ def code_gram(codes: np.ndarray, K: int) -> np.ndarray:
     return G
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def cross_terms(cross: np.ndarray, cb: np.ndarray, codes: np.ndarray, K: int) -> np.ndarray:
     """Per-vector ``sum_{i != j} c_i . c_j`` (float64) from the codeword cross-product table.
 

@@ -17,7 +17,7 @@ def sq_norms(x: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", x, x)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _argmin_rows(dots: np.ndarray, c_norms: np.ndarray, labels: np.ndarray, dist: np.ndarray, x_norms: np.ndarray,
                  off: int):
     n, k = dots.shape
@@ -55,7 +55,7 @@ def assign_l2(x: np.ndarray, centroids: np.ndarray, c_norms: np.ndarray | None =
     return labels, dist
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def centroid_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-cluster sums (k, d) in float64 and counts (k,) for a labelling of ``x``."""
     n, d = x.shape

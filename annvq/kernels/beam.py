@@ -36,7 +36,7 @@ def _push(hd, hi, hh, v, label, h):
     hh[pos] = h
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def beam_search(xdots, cnorms, cross, cb, codes, dists, K, beam_size, fixed_order, hash_keys):
     """Complete the partial codes of a beam for every vector; returns ``(codes, dists)`` sorted best first.
 

@@ -26,7 +26,7 @@ def _splitmix(state):
     return state, z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _interactions(cross, cb, c, K, Y):
     """Fill ``Y[m, k] = sum_{j != m} c_j . (codeword k of codebook m)`` for the codeword rows ``c``."""
     M = c.shape[0]
@@ -46,7 +46,7 @@ def _interactions(cross, cb, c, K, Y):
                     Y[m, k] += pair_dot(cross, cb, c[j], base + k)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _swap(cross, cb, c, Y, j, row, K):
     """Set codebook ``j``'s codeword row to ``row``, updating the interactions of the other codebooks."""
     old = c[j]
@@ -66,7 +66,7 @@ def _swap(cross, cb, c, Y, j, row, K):
     c[j] = row
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _descend(unary, cross, cb, c, Y, K, mu, eps, max_sweeps):
     """ICM sweeps over the codeword rows ``c`` (in place, interactions ``Y`` kept current) until a sweep
     changes nothing or ``max_sweeps`` ran; returns the objective minus ``||x||^2``.
@@ -100,7 +100,7 @@ def _descend(unary, cross, cb, c, Y, K, mu, eps, max_sweeps):
     return v
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def icm_encode(xdots, cnorms, cross, cb, codes, K, mu, eps, n_sweeps, n_rounds=0, n_perturb=2, seed=0):
     """Improve ``codes`` (n, M) by ICM (at most ``n_sweeps`` sweeps, stopping when one changes nothing),
     then ``n_rounds`` rounds of iterated local search (perturb ``n_perturb`` codebooks of the best

@@ -95,7 +95,7 @@ def _byte_of_slot(s):
     return (2 * t if t < 8 else 2 * (t - 8) + 1), (4 if s >= 16 else 0)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def pack_codes(codes, offsets, boffsets):
     """Pack 4-bit codes (n, M), rows grouped by list, into the block layout: (nblocks, Mp * 16) uint8."""
     M = codes.shape[1]
@@ -111,7 +111,7 @@ def pack_codes(codes, offsets, boffsets):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def unpack_rows(packed, offsets, boffsets, rows, M):
     """Codes (len(rows), M) uint8 of the given rows of a packed array."""
     out = np.empty((rows.shape[0], M), dtype=np.uint8)
@@ -131,7 +131,7 @@ def unpack_codes(packed: np.ndarray, offsets: np.ndarray, boffsets: np.ndarray, 
     return unpack_rows(packed, offsets, boffsets, np.arange(offsets[-1], dtype=np.int64), M)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def alive_bits(offsets, boffsets, deleted):
     """Live-slot bitmap (nblocks,) uint32: bit ``s`` of block ``b`` is set when that slot holds a row that
     is not ``deleted`` ((n,) bool, or empty for none). Padding slots stay clear."""
@@ -146,7 +146,7 @@ def alive_bits(offsets, boffsets, deleted):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def set_alive(alive, offsets, boffsets, rows, live):
     """Set (``live``) or clear the live bit of every row in ``rows``, in place."""
     for a in range(rows.shape[0]):
@@ -323,7 +323,7 @@ def _scan_blocks(flat, bbytes, alive, b0, b1, label0, lut, c0, s, inv_s, rd, ri,
     return cnt, thresh
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def scan_lists(qtab, ptab, probes, consts, packed, alive, offsets, boffsets, label_base, rd, ri, cnt, thresh, k, path):
     """Offer every live row of each query's probed lists to its reservoir, parallel over queries.
 
@@ -359,7 +359,7 @@ def scan_lists(qtab, ptab, probes, consts, packed, alive, offsets, boffsets, lab
             cnt[q], thresh[q] = c_, t_
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def scan_flat(qtab, consts, packed, alive, label_base, rd, ri, cnt, thresh, k, path):
     """:func:`scan_lists` for one list of all rows, every query probing it with constant ``consts[q]``.
 
@@ -396,7 +396,7 @@ def scan_flat(qtab, consts, packed, alive, label_base, rd, ri, cnt, thresh, k, p
                                                  thresh[q], k, path, buf)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def rescore(qtab, ptab, probes, consts, packed, offsets, boffsets, label_base, labels, dist):
     """Exact float ADC distances ``consts[q, p] + sum_m (qtab[q, m, c_m] + ptab[l, m, c_m])`` for the
     candidates ``labels`` (nq, kk) that belong to this packed array (``label_base <= label <
@@ -435,7 +435,7 @@ def rescore(qtab, ptab, probes, consts, packed, offsets, boffsets, label_base, l
             dist[q, a] = acc
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def finish_all(rd, ri, cnt, k, sort):
     """The best ``k`` of every reservoir ``(rd, ri, cnt)``: ``(D, L)`` (nq, k), +inf / -1 padded; ascending
     when ``sort``, else in no particular order (candidates about to be re-scored)."""
@@ -457,7 +457,7 @@ def finish_all(rd, ri, cnt, k, sort):
     return D, L
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def scan_unpacked(qtab, ptab, probes, consts, codes, offsets, bias, label_base, rd, ri, cnt, thresh, k):
     """:func:`scan_lists` over unpacked codes (n, M), rows sorted by list, with exact float tables: the
     same distances, unquantised, into the same reservoirs (a segment not packed yet). ``bias`` (n,) is

@@ -22,7 +22,7 @@ from numba import njit, prange
 from .adc import admit, scan_codes, topk_finish, topk_init
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _linear_dists(w, codes, bias, const, out):
     """``out[i] = const + bias[i] + sum_j w[j] * codes[i, j]``: a dot product that vectorises
     (reassociation allowed) where a table scan would make one lookup per dimension."""
@@ -34,7 +34,7 @@ def _linear_dists(w, codes, bias, const, out):
         out[i] = s + const + bias[i] if has_bias else s + const
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def ivf_scan(tables, weights, probes, consts, codes, bias, head, start, length, nxt, base, rd, ri, cnt, thresh, k):
     """Offer the rows of every probed list to each query's reservoir (see :func:`~annvq.kernels.adc.topk_init`).
 
@@ -87,7 +87,7 @@ def _node_score(xq, q, cents, node, use_ip):
     return s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def tree_search(xq, cents, first, nchild, leaf, beam, nprobe, pool, use_ip):
     """Beam descent of a centroid tree: the ``nprobe`` best leaves per query, ``(D, L)`` ascending.
 
@@ -132,7 +132,7 @@ def tree_search(xq, cents, first, nchild, leaf, beam, nprobe, pool, use_ip):
     return D, L
 
 
-@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract"})
 def exact_distances(xq, vectors, where, use_ip):
     """Exact distances of each query to its candidates, parallel over queries.
 
@@ -161,7 +161,7 @@ def exact_distances(xq, vectors, where, use_ip):
     return out
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _sq_norm(v):
     """``v . v`` with reassociation allowed, so the sum vectorises."""
     s = np.float32(0.0)
@@ -170,7 +170,7 @@ def _sq_norm(v):
     return s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def coarse_topk(xq, dots, c_norms, nprobe, use_ip):
     """The ``nprobe`` best centroids per query from ``dots = xq @ centroids.T``, ``(D, L)`` ascending.
 

@@ -66,7 +66,7 @@ def _classes(kind: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array([0, 1], np.int64), np.array([4, 4], np.int64)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _count_table(n, nmax, cls_par, cls_mod):
     C = cls_par.shape[0]
     cnt = np.zeros((C, n + 1, nmax + 1, 4), dtype=np.int64)
@@ -85,7 +85,7 @@ def _count_table(n, nmax, cls_par, cls_mod):
     return cnt
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _isqrt(s):
     """floor(sqrt(s)) for a non-negative integer, exact."""
     v = int(np.sqrt(s))
@@ -156,7 +156,7 @@ def _nearest_z(x, y):
         y[i] = int(np.floor(x[i] + 0.5))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _nearest_d(x, y):
     """D_n: round; if the sum is odd, round the coordinate with the largest error the other way."""
     s = 0
@@ -174,7 +174,7 @@ def _nearest_d(x, y):
         y[wi] += 1 if x[wi] > y[wi] else -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _nearest_e8(x, y, t, ya, yb):
     """E8 in doubled coordinates: the nearer of 2 D8(x/2) and 2 D8((x - 1)/2) + 1."""
     n = x.shape[0]
@@ -196,7 +196,7 @@ def _nearest_e8(x, y, t, ya, yb):
         y[i] = src[i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def nearest_point(kind, x, y, t, ya, yb):
     """Nearest point ``y`` of the (untruncated) lattice to ``x``; ``t``, ``ya``, ``yb`` are scratch."""
     if kind == Z:
@@ -208,7 +208,7 @@ def nearest_point(kind, x, y, t, ya, yb):
 
 
 # --- leader search ---------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sort_abs(x, a, perm):
     """``a`` = |x| sorted descending, ``perm`` the coordinates in that order; returns the minus signs."""
     n = x.shape[0]
@@ -239,7 +239,7 @@ def _leader_dot(a, lv, lpar, neg):
     return dot, False
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _place(x, perm, lv, flip, y):
     n = x.shape[0]
     for i in range(n):
@@ -249,7 +249,7 @@ def _place(x, perm, lv, flip, y):
         y[perm[n - 1]] = -y[perm[n - 1]]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def nearest_in_ball(kind, x, nmax, lead_val, lead_par, shell_lead, y, t, ya, yb, a, perm):
     """Nearest point of norm <= ``nmax`` to ``x``, written to ``y``; returns its norm.
 
@@ -293,7 +293,7 @@ def nearest_in_ball(kind, x, nmax, lead_val, lead_par, shell_lead, y, t, ya, yb,
     return N
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def nearest_on_shell(x, l0, l1, lead_val, lead_par, y, a, perm):
     """Point of the shell whose leaders are ``l0:l1`` with the largest inner product with ``x``
     (the nearest in angle), written to ``y``; returns that inner product."""
@@ -321,7 +321,7 @@ def _first_value(rem, par):
     return v
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rank_point(y, N, cnt, cls_par, cls_mod, offset, cls_off):
     """Position of lattice point ``y`` (norm ``N``) in the order (norm, class, lexicographic)."""
     n = y.shape[0]
@@ -341,7 +341,7 @@ def rank_point(y, N, cnt, cls_par, cls_mod, offset, cls_off):
     return offset[N] + cls_off[N, c] + lex
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def unrank_point(idx, cnt, cls_par, cls_mod, offset, cls_off, y):
     """Lattice point at position ``idx`` (inverse of :func:`rank_point`), written to ``y``; returns its norm."""
     n = y.shape[0]
@@ -369,7 +369,7 @@ def unrank_point(idx, cnt, cls_par, cls_mod, offset, cls_off, y):
     return N
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def unrank_all(start, count, n, cnt, cls_par, cls_mod, offset, cls_off):
     """Points at positions ``start .. start + count - 1``, as a (count, n) int64 array."""
     out = np.empty((count, n), dtype=np.int64)
@@ -390,7 +390,7 @@ def _sub_vector(x, i, m, mean, inv, xs):
     return s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def encode_ball(x, mean, scale, kind, nmax, lead_val, lead_par, shell_lead, cnt, cls_par, cls_mod,
                 offset, cls_off, codes):
     """Ball quantization: sub-vector m of row i is ``(x - mean) / scale[m]`` rounded to the nearest
@@ -423,7 +423,7 @@ def encode_ball(x, mean, scale, kind, nmax, lead_val, lead_par, shell_lead, cnt,
     return part.sum(axis=0)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def encode_sphere(x, mean, gains, N, lead_val, lead_par, shell_lead, cnt, cls_par, cls_mod, offset, cls_off,
                   codes, proj, norms):
     """Gain-shape quantization of every sub-vector ``x - mean``: its direction is the nearest point of

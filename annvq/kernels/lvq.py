@@ -35,7 +35,7 @@ def _move(w, x, step):
         w[j] += step * (x[j] - w[j])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def lvq1_epoch(X, y, order, rates, W, wl):
     """One LVQ1 pass; returns how many visited samples the nearest prototype misclassified."""
     errors = 0
@@ -56,7 +56,7 @@ def lvq1_epoch(X, y, order, rates, W, wl):
     return errors
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def lvq21_epoch(X, y, order, rates, W, wl, s):
     """One LVQ2.1 pass with window threshold ``s``; returns the misclassified visited samples."""
     errors = 0
@@ -84,7 +84,7 @@ def lvq21_epoch(X, y, order, rates, W, wl, s):
     return errors
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def glvq_epoch(X, y, order, rates, W, wl, beta):
     """One GLVQ pass; returns the summed cost ``sigmoid(beta * mu)`` of the visited samples (before
     their updates)."""

@@ -156,7 +156,7 @@ def _encode_block(w: QincoWeights, t: QincoTables, x: np.ndarray, A: int, B: int
     return codes[idx, best], x_hat[idx, best]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def beam_select(child_err, vec, slot, in_beam, greedy, n, B):
     """Choose the next beam from the extensions of the live (vector, slot) rows.
 

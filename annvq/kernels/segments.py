@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def chunks_needed(lists, tail, fill, chunk_rows):
     """How many new chunks :func:`append_rows` opens for rows of ``lists``."""
     room = np.full(tail.shape[0], -1, dtype=np.int64)  # free slots left in each list's tail; -1: not seen yet
@@ -27,7 +27,7 @@ def chunks_needed(lists, tail, fill, chunk_rows):
     return need
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def append_rows(lists, head, tail, fill, nxt, nchunks, chunk_rows):
     """Slots for rows of ``lists`` appended in order to their lists' chains; returns ``(slots, nchunks)``.
 
@@ -54,7 +54,7 @@ def append_rows(lists, head, tail, fill, nxt, nchunks, chunk_rows):
     return slots, nchunks
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def chain_order(head, fill, nxt, chunk_rows):
     """Slots of every row in list order and the list offsets: ``(slots, offsets)``, for sealing."""
     nlist = head.shape[0]
