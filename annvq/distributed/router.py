@@ -39,9 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 
 from .. import storage
+from .._threads import search_threads
 from .._validate import as_ids, as_vectors, check_k
 from ..errors import (
     AnnvqError,
@@ -561,10 +563,17 @@ class ShardedIndex:
         return D, I
 
     def _assign(self, xq: np.ndarray, pd: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        """The coarse ``(scores, lists)`` of the queries, searched once here for every shard."""
+        """The coarse ``(scores, lists)`` of the queries, searched once here for every shard, on one
+        thread: thread pools that spin after their work would take the cores the shards scan on."""
         model = self._list_model()
         nprobe = min(pd.get("nprobe") or model.nprobe, model.nlist)
-        return model.coarse.search(model.prepare(xq, "xq"), nprobe, model.codec_metric)
+        before = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            with search_threads(xq.shape[0]):
+                return model.coarse.search(model.prepare(xq, "xq"), nprobe, model.codec_metric)
+        finally:
+            numba.set_num_threads(before)
 
     def _targets(self, probes: np.ndarray | None) -> list[tuple[_Shard, np.ndarray | None]]:
         """The shards to ask and, when routing by lists (``probes``: the lists of each query), the queries
