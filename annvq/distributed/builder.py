@@ -162,10 +162,9 @@ def _row_ranges(counts: list[int], chunk_rows: int, threads: int) -> list[tuple[
     """``(source, start, stop)`` of every encode task: rows cut into equal ranges of at most ``chunk_rows``,
     as many as a multiple of the cluster's ``threads``, so that no thread idles while another encodes a
     last, odd range."""
-    total = sum(counts)
-    tasks = -(-total // chunk_rows)
-    tasks = -(-tasks // max(1, threads)) * max(1, threads)
-    size = max(1, -(-total // max(1, tasks)))
+    total, threads = sum(counts), max(1, threads)
+    tasks = -(-total // chunk_rows // threads) * threads
+    size = max(1, -(-total // tasks)) if tasks else 1
     return [(s, a, min(a + size, n)) for s, n in enumerate(counts) for a in range(0, n, size)]
 
 
