@@ -229,7 +229,7 @@ def main() -> None:
     ap.add_argument("--specs", nargs="*", default=["IVF1024,PQ16x8", "RQ7x8"])
     ap.add_argument("--train-size", type=int, default=100_000)
     ap.add_argument("--chunk-rows", type=int, default=65_536, help="rows per encode task")
-    ap.add_argument("--repeat", type=int, default=1, help="timed builds per worker count (best kept)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed builds per worker count (best kept)")
     ap.add_argument("--nprobe", type=int, default=16)
     ap.add_argument("--latency-queries", type=int, default=200)
     ap.add_argument("--split-by-list", action="store_true", help="also measure split-by-list routing")

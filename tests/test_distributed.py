@@ -220,6 +220,35 @@ def test_bad_scheduler_address_is_a_clear_error_within_the_timeout(monkeypatch):
 
 
 # --- build ------------------------------------------------------------------------------------------
+_THREADS_SCRIPT = """
+import os
+import numba  # imported by the main module, as a script using annvq does: spawned workers import it too
+from distributed import Client
+from annvq.distributed import local_cluster
+
+def threads():
+    return numba.get_num_threads(), os.environ.get("OPENBLAS_NUM_THREADS"), os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+if __name__ == "__main__":
+    with local_cluster(2, threads_per_worker=1) as cluster, Client(cluster) as client:
+        print(sorted(set(client.run(threads).values())), os.environ.get("NUMBA_NUM_THREADS"))
+"""
+
+
+def test_local_cluster_workers_run_as_many_kernel_threads_as_task_threads(tmp_path):
+    """A spawned worker imports the caller's main module, and Numba with it, before a nanny's env
+    reaches it; the limit must hold anyway (or two one-thread workers each scan with every core),
+    glibc keeps its adaptive allocation, and the caller's own environment is left as it was."""
+    pytest.importorskip("distributed")
+    script = tmp_path / "threads.py"
+    script.write_text(_THREADS_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "[(1, '1', None)] None"
+
+
 def test_build_equals_single_process_add(client, tmp_path):
     """Two input files (fvecs and npy), ids given (non-contiguous), row ranges not aligned with the
     shards: the shards hold exactly the codes a single-process add of the same model stores."""

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from .. import storage
+from .._validate import all_unique
 from ..errors import (
     AnnvqError,
     DimensionError,
@@ -191,7 +192,7 @@ def _id_arguments(ids: Sequence[Any] | None, srcs: list[str], counts: list[int])
     arrays = [a for a in out if isinstance(a, np.ndarray)]
     if len(arrays) == len(out):
         every = np.concatenate(arrays)
-        if np.unique(every).shape[0] != every.shape[0]:
+        if not all_unique(every):
             raise InvalidInputError("ids: the same id is given to more than one vector")
     return out
 
@@ -484,8 +485,8 @@ def _merge_shard(out: str, fingerprint: str, parts: list[str], shard: int, name:
         storage.concat([root / "parts" / p for p in parts], tmp, select=lambda _, e: e["id"] == shard + 1,
                        metadata=meta)
         _publish_dir(tmp, final)
-        done = storage.load(final)
-    return {"path": name, "ntotal": done.ntotal, "checksum": directory_checksum(final), "lsn": 0}
+    ntotal = storage.IndexDirectory(final).read_manifest()["ntotal"]  # concat verified every row it read
+    return {"path": name, "ntotal": ntotal, "checksum": directory_checksum(final), "lsn": 0}
 
 
 def _publish(out: str, manifest: dict[str, Any], keep_parts: bool) -> None:

@@ -44,7 +44,7 @@ import numpy as np
 
 from .. import storage
 from .._threads import search_threads
-from .._validate import as_ids, as_vectors, check_k
+from .._validate import all_unique, as_ids, as_vectors, check_k
 from ..errors import (
     AnnvqError,
     ClusterError,
@@ -766,7 +766,7 @@ class ShardedIndex:
         ids = as_id_array(ids)
         if not ids.size:
             raise InvalidInputError("ids: empty list")
-        if np.unique(ids).shape[0] != ids.shape[0]:
+        if not all_unique(ids):
             raise InvalidInputError("ids: repeated ids in one remove call")
         with self._write_lock:
             owner = self._owners(ids)

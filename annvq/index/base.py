@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .._threads import search_threads
-from .._validate import as_ids, as_vectors, check_k, check_metric, missing_ids
+from .._validate import all_unique, as_ids, as_vectors, check_k, check_metric, missing_ids
 from ..errors import AnnvqError, DuplicateIdError, FormatError, InvalidInputError, NotTrainedError
 from ..kernels import exact_distances, topk_init
 from ..kernels.adc import topk_finish_batch
@@ -360,7 +360,7 @@ class BaseIndex(ABC):
         ids = as_id_array(ids)
         if not ids.size:
             raise InvalidInputError("ids: empty list")
-        if np.unique(ids).shape[0] != ids.shape[0]:
+        if not all_unique(ids):
             raise InvalidInputError("ids: repeated ids in one remove call")
         found = self.contains(ids)
         if not found.all():
@@ -451,15 +451,16 @@ class BaseIndex(ABC):
     def _search(self, xq: np.ndarray, k: int, p: SearchParams, assigned: tuple[np.ndarray, np.ndarray] | None
                 ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`search` of prepared queries; ``assigned``: the coarse ``(scores, lists)`` when already known."""
-        rerank = self.rerank if p.rerank is None else p.rerank
+        rerank = self._reranks(p)
         if rerank and not self.rerank:
             raise InvalidInputError("rerank: this index keeps no exact vectors (build it with Refine)")
         # codecs whose tables only approximate decode() (QINCo) re-rank by the decoded vectors instead
         decoded = self.codec.rerank_decoded and not rerank
         default_factor = self.k_factor if rerank else getattr(self.codec, "k_factor", 1)
         kk = k * (p.k_factor or default_factor) if rerank or decoded else k
-        # fast-scan ranks by quantised distances: keep twice as many, re-scored exactly by the scan
-        depth = 2 * kk if self.fast_scan else kk
+        # fast-scan ranks by quantised distances: keep twice as many, re-scored exactly by the scan,
+        # unless the exact vectors re-rank them anyway (see _rescores)
+        depth = 2 * kk if self._rescores(p) else kk
         view = self._view()
         with search_threads(xq.shape[0]):
             rd, ri, cnt, thresh = topk_init(xq.shape[0], depth)
@@ -473,23 +474,35 @@ class BaseIndex(ABC):
         D[I < 0] = np.inf if self.metric == "l2" else -np.inf
         return D, I
 
+    def _reranks(self, p: SearchParams) -> bool:
+        """Whether a search with ``p`` re-ranks its candidates by the exact vectors."""
+        return self.rerank if p.rerank is None else bool(p.rerank)
+
+    def _rescores(self, p: SearchParams) -> bool:
+        """Whether a fast-scan search with ``p`` re-scores its best quantised candidates with the float
+        tables; with exact re-ranking the quantised best go straight to the exact vectors."""
+        return self.fast_scan and not self._reranks(p)
+
     def _rerank(self, xq: np.ndarray, view: list, labels: np.ndarray, k: int,
                 exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Distances of the candidate labels to their exact vectors (or, ``exact=False``, to their decoded
         codes); the best ``k`` per query."""
-        where = np.full(labels.shape, -1, dtype=np.int64)
-        parts, base = [], 0
+        use_ip = self.metric != "l2"
+        dist = np.full(labels.shape, np.inf, dtype=np.float32)
         segpos = np.where(labels >= 0, labels >> ROW_BITS, -1)
         for pos, seg in enumerate(view):
             mask = segpos == pos
             if not mask.any():
                 continue
-            rows, inv = np.unique(labels[mask] & ROW_MASK, return_inverse=True)
-            parts.append(seg.read_vectors(rows) if exact else self._decode_rows(seg.codes_at(rows), seg.lists_of(rows)))
-            where[mask] = base + inv
-            base += rows.shape[0]
-        vectors = np.concatenate(parts) if parts else np.empty((0, self.d), np.float32)
-        dist = exact_distances(xq, vectors, where, self.metric != "l2")
+            held = seg.held_vectors(np.where(mask, labels & ROW_MASK, -1)) if exact else None
+            if held is None:  # decoded, or read from a file: each row once
+                rows, inv = np.unique(labels[mask] & ROW_MASK, return_inverse=True)
+                vectors = seg.read_vectors(rows) if exact else self._decode_rows(seg.codes_at(rows), seg.lists_of(rows))
+                where = np.full(labels.shape, -1, dtype=np.int64)
+                where[mask] = inv
+                held = (vectors, where)
+            part = exact_distances(xq, *held, use_ip)
+            dist = part if len(view) == 1 else np.where(mask, part, dist)
         order = np.argsort(dist, axis=1, kind="stable")[:, :k]
         D = np.take_along_axis(dist, order, axis=1)
         L = np.where(np.isfinite(D), np.take_along_axis(labels, order, axis=1), -1)
@@ -505,7 +518,7 @@ class BaseIndex(ABC):
         Costs O(len(ids) * segments): the rows are marked deleted, and merges reclaim their space.
         """
         ids = as_id_array(ids)
-        if np.unique(ids).shape[0] != ids.shape[0]:
+        if not all_unique(ids):
             raise InvalidInputError("ids: repeated ids in one remove call")
         seg, row = self._locate_all(ids)
         view = self._view()
@@ -696,7 +709,7 @@ class BaseIndex(ABC):
         n = ids.shape[0]
         if n and ids.min() < 0:
             raise FormatError("ids: negative id stored")
-        if np.unique(ids).shape[0] != n:
+        if not all_unique(ids):
             raise FormatError("ids: repeated within a segment")
         M = self.codec.M if trained else 0
         offsets = _column(cols, "offsets", np.int64, 1)
@@ -743,7 +756,7 @@ class BaseIndex(ABC):
     def set_segments(self, segments: list[Segment], next_seg_id: int, next_id: int) -> None:
         """Install loaded segments (ids must be unique across them) and the counters storage kept."""
         all_ids = np.concatenate([s.ids[s.live_rows()] for s in segments]) if segments else np.empty(0, np.int64)
-        if np.unique(all_ids).shape[0] != all_ids.shape[0]:
+        if not all_unique(all_ids):
             raise FormatError("ids: the same id is live in two segments")
         if segments and next_seg_id <= max(s.seg_id for s in segments):
             raise FormatError("next segment id is not above the stored segments' ids")

@@ -69,7 +69,7 @@ class FlatIndex(BaseIndex):
                 n = seg.n
                 bias = seg.bias[:n] if seg.bias.size else seg.bias
                 flat_scan(tables, seg.codes[:n], bias, pos << ROW_BITS, *block_state, k)
-            if self.fast_scan:
+            if self._rescores(params):
                 rescore_exact(view, block_state, k, tables)
 
     @classmethod

@@ -146,7 +146,7 @@ class IVFIndex(BaseIndex):
                 head, start, length, nxt = seg.extents
                 ivf_scan(tables, weights, probes, consts, seg.codes, seg.bias, head, start, length, nxt,
                          pos << ROW_BITS, *block_state, k)
-            if self.fast_scan:
+            if self._rescores(params):
                 rescore_exact(view, block_state, k, tables, probes, consts, ptab)
 
     def search_preassigned(self, xq: Any, k: int, lists: Any, scores: Any,

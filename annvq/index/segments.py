@@ -140,6 +140,13 @@ class Segment:
         assert self.vectors is not None
         return self.vectors.read(rows)
 
+    def held_vectors(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The in-memory array of exact vectors and the position in it of each of ``rows`` (any shape,
+        -1 kept as -1), for reading them in place; None when they are read from a file."""
+        if not isinstance(self.vectors, MemoryVectors):
+            return None
+        return self.vectors.vectors, rows
+
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id among the live rows, -1 where absent."""
         if self._sorted is None:
@@ -300,6 +307,10 @@ class GrowingSegment:
     def read_vectors(self, slots: np.ndarray) -> np.ndarray:
         assert self.vec_of_slot is not None  # the index keeps exact vectors
         return self.vectors[self.vec_of_slot[slots]]
+
+    def held_vectors(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        assert self.vec_of_slot is not None
+        return self.vectors, np.where(slots >= 0, self.vec_of_slot[np.maximum(slots, 0)], -1)
 
     def codes_at(self, slots: np.ndarray) -> np.ndarray:
         return self.codes[slots]

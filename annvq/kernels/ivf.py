@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from .adc import admit, scan_codes, topk_finish, topk_init
+from .simd import prefetch
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -138,12 +139,15 @@ def exact_distances(xq, vectors, where, use_ip):
 
     ``where[q, j]`` >= 0 names row ``vectors[where]``; -1 is an empty slot (distance +inf). Squared
     L2, or the negated inner product when ``use_ip``. Allowing reassociation lets the sums over
-    dimensions vectorise.
+    dimensions vectorise. The candidates are scattered rows of a large array, so a query's rows are
+    prefetched while the one before it is computed.
     """
     nq, kk = where.shape
     d = xq.shape[1]
     out = np.empty((nq, kk), dtype=np.float32)
     for q in prange(nq):
+        if q + 1 < nq:
+            _prefetch_rows(vectors, where[q + 1])
         for j in range(kk):
             w = where[q, j]
             if w < 0:
@@ -159,6 +163,17 @@ def exact_distances(xq, vectors, where, use_ip):
                     s += r * r
             out[q, j] = s
     return out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_rows(vectors, rows):
+    """Prefetch every cache line of ``vectors[rows]`` (-1 rows skipped)."""
+    d = vectors.shape[1]
+    step = max(1, 64 // vectors.itemsize)
+    for w in rows:
+        if w >= 0:
+            for t in range(0, d, step):
+                prefetch(vectors, w * d + t)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import all_unique
 from ..errors import DuplicateIdError, InvalidInputError
 from ..index.base import BaseIndex
 from ..index.segments import Segment
@@ -107,7 +108,7 @@ def _merged(index: BaseIndex, segs: list[Segment]) -> Segment:
     """The live rows of ``segs`` as one sealed segment of ``index``, ordered by list (stable)."""
     live = [s.live_rows() for s in segs]
     ids = np.concatenate([s.ids[r] for s, r in zip(segs, live)])
-    if np.unique(ids).shape[0] != ids.shape[0]:
+    if not all_unique(ids):
         uniq, counts = np.unique(ids, return_counts=True)
         raise DuplicateIdError(f"concat: ids stored in more than one source: "
                                f"{', '.join(map(str, uniq[counts > 1][:10]))}")
