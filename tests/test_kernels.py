@@ -4,6 +4,7 @@ import pytest
 
 from annvq.kernels import (
     assign_l2,
+    best_k_stable,
     centroid_sums,
     ip_tables,
     l2_tables,
@@ -99,3 +100,22 @@ def test_scan_accumulates_across_lists(rng):
     D2, R2 = scan_topk_batch(table[None], codes, e, 10)
     np.testing.assert_array_equal(D, D2[0])
     np.testing.assert_array_equal(R, R2[0])
+
+
+def test_best_k_stable_is_the_head_of_a_stable_argsort(rng):
+    """Ties keep row order, +inf entries and rows shorter than k give -1 labels."""
+    for _ in range(200):
+        nq, kk = int(rng.integers(1, 6)), int(rng.integers(1, 30))
+        k = int(rng.integers(1, kk + 3))
+        dist = rng.integers(0, 5, (nq, kk)).astype(np.float32)  # many ties
+        dist[rng.random((nq, kk)) < 0.2] = np.inf
+        labels = rng.integers(0, 1000, (nq, kk))
+        D, L = best_k_stable(dist, labels, k)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        want_d = np.full((nq, k), np.inf, np.float32)
+        want_l = np.full((nq, k), -1)
+        want_d[:, : order.shape[1]] = np.take_along_axis(dist, order, axis=1)
+        want_l[:, : order.shape[1]] = np.take_along_axis(labels, order, axis=1)
+        want_l[~np.isfinite(want_d)] = -1
+        np.testing.assert_array_equal(D, want_d)
+        np.testing.assert_array_equal(L, want_l)

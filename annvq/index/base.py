@@ -25,7 +25,7 @@ import numpy.typing as npt
 from .._threads import search_threads
 from .._validate import all_unique, as_ids, as_vectors, check_k, check_metric, missing_ids
 from ..errors import AnnvqError, DuplicateIdError, FormatError, InvalidInputError, NotTrainedError
-from ..kernels import exact_distances, topk_init
+from ..kernels import best_k_stable, exact_distances, topk_init
 from ..kernels.adc import topk_finish_batch
 from ..kernels.fastscan import alive_bits, block_offsets
 from ..quantizers import Quantizer
@@ -503,14 +503,7 @@ class BaseIndex(ABC):
                 held = (vectors, where)
             part = exact_distances(xq, *held, use_ip)
             dist = part if len(view) == 1 else np.where(mask, part, dist)
-        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-        D = np.take_along_axis(dist, order, axis=1)
-        L = np.where(np.isfinite(D), np.take_along_axis(labels, order, axis=1), -1)
-        if D.shape[1] < k:
-            pad = k - D.shape[1]
-            D = np.pad(D, ((0, 0), (0, pad)), constant_values=np.inf)
-            L = np.pad(L, ((0, 0), (0, pad)), constant_values=-1)
-        return D, L
+        return best_k_stable(dist, labels, k)
 
     def remove(self, ids: Any) -> int:
         """Delete vectors by external id; unknown or repeated ids raise before anything changes.

@@ -9,7 +9,7 @@ from .additive import code_gram, cross_terms, decode_sum, scatter_rows
 from .assign import assign_l2, centroid_sums, sq_norms
 from .beam import beam_search
 from .cq import icm_encode
-from .ivf import exact_distances, ivf_scan, tree_search
+from .ivf import best_k_stable, exact_distances, ivf_scan, tree_search
 
 __all__ = [
     "assign_l2",
@@ -26,6 +26,7 @@ __all__ = [
     "ivf_scan",
     "tree_search",
     "exact_distances",
+    "best_k_stable",
     "decode_sum",
     "scatter_rows",
     "code_gram",

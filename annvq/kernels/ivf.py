@@ -165,6 +165,30 @@ def exact_distances(xq, vectors, where, use_ip):
     return out
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def best_k_stable(dist, labels, k):
+    """The ``k`` smallest of each row of ``dist`` (nq, kk), ascending, ties in row order (the first
+    ``k`` of a stable argsort), with their ``labels``; +inf entries and short rows give -1 labels."""
+    nq, kk = dist.shape
+    D = np.full((nq, k), np.inf, dtype=np.float32)
+    L = np.full((nq, k), -1, dtype=np.int64)
+    for q in prange(nq):
+        n = 0
+        for j in range(kk):
+            d = dist[q, j]
+            if n == k and not d < D[q, k - 1]:
+                continue
+            i = n if n < k else k - 1
+            while i > 0 and D[q, i - 1] > d:
+                D[q, i] = D[q, i - 1]
+                L[q, i] = L[q, i - 1]
+                i -= 1
+            D[q, i] = d
+            L[q, i] = labels[q, j] if d < np.inf else -1
+            n = min(n + 1, k)
+    return D, L
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _prefetch_rows(vectors, rows):
     """Prefetch every cache line of ``vectors[rows]`` (-1 rows skipped)."""
