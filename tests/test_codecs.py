@@ -33,6 +33,21 @@ def test_pq_seed_example(init):
     assert code.dtype == np.uint8 and code.shape == (1, 2)
 
 
+@pytest.mark.parametrize("M,nbits", [(8, 6), (16, 4), (4, 9), (32, 8)])
+def test_pq_codes_are_each_sub_space_nearest_codeword_across_blocks(M, nbits):
+    """Encoding picks, per sub-space, the codeword at the smallest squared distance, in batches far
+    larger than one block of the batched product and in single rows."""
+    x = _data(n=2500, d=64, seed=3)
+    pq = ProductQuantizer(64, M=M, nbits=nbits, niter=5).fit(x[:1500])
+    sub = x.reshape(len(x), M, -1)
+    codes = pq.encode(x)
+    for m in range(M):
+        dist = ((sub[:, m, None, :] - pq.codebooks[m][None]) ** 2).sum(-1)  # (n, ksub)
+        picked = dist[np.arange(len(x)), codes[:, m]]
+        np.testing.assert_allclose(picked, dist.min(axis=1), rtol=1e-5, atol=1e-4)  # nearest, up to exact ties
+    np.testing.assert_array_equal(pq.encode(x[:1]), codes[:1])
+
+
 def _data(n=3000, d=32, seed=0):
     rng = np.random.default_rng(seed)
     basis = rng.normal(size=(d, d)).astype(np.float32)

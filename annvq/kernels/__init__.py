@@ -6,7 +6,7 @@ at once on several cores instead of taking turns.
 """
 from .adc import admit, ip_tables, l2_tables, scan_codes, scan_topk_batch, select_k, topk_finish, topk_init
 from .additive import code_gram, cross_terms, decode_sum, scatter_rows
-from .assign import assign_l2, centroid_sums, sq_norms
+from .assign import assign_l2, centroid_sums, nearest_subcodes, sq_norms
 from .beam import beam_search
 from .cq import icm_encode
 from .ivf import best_k_stable, exact_distances, ivf_scan, tree_search
@@ -15,6 +15,7 @@ __all__ = [
     "assign_l2",
     "centroid_sums",
     "sq_norms",
+    "nearest_subcodes",
     "l2_tables",
     "ip_tables",
     "admit",

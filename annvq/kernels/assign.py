@@ -55,6 +55,24 @@ def assign_l2(x: np.ndarray, centroids: np.ndarray, c_norms: np.ndarray | None =
     return labels, dist
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def nearest_subcodes(dots: np.ndarray, norms: np.ndarray, codes: np.ndarray) -> None:
+    """Product-quantizer assignment: ``codes[i, m]`` (written in place) is the codeword ``j`` of
+    sub-space ``m`` minimising ``norms[m, j] - 2 dots[m, i, j]``, the first on ties. ``dots`` (M, n, K)
+    holds the sub-vector / codeword products of all sub-spaces, from one batched BLAS product."""
+    M, n, K = dots.shape
+    for i in prange(n):
+        for m in range(M):
+            best = np.inf
+            arg = 0
+            for j in range(K):
+                v = norms[m, j] - 2.0 * dots[m, i, j]
+                if v < best:
+                    best = v
+                    arg = j
+            codes[i, m] = arg
+
+
 @njit(cache=True, nogil=True)
 def centroid_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-cluster sums (k, d) in float64 and counts (k,) for a labelling of ``x``."""

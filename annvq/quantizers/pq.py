@@ -4,9 +4,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..kernels import assign_l2, ip_tables, l2_tables
+from ..kernels import ip_tables, l2_tables, nearest_subcodes
 from ..kmeans import KMeans
 from .base import Quantizer
+
+_ENCODE_BYTES = 2 << 20  # one block's (M, rows, ksub) products: small enough to stay in cache
 
 
 class ProductQuantizer(Quantizer):
@@ -44,6 +46,7 @@ class ProductQuantizer(Quantizer):
     def _set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.codebooks = self._expect_shape(arrays, "codebooks", (self.M, self.ksub, self.dsub)).astype(np.float32)
         self._cb_norms = np.einsum("mkd,mkd->mk", self.codebooks, self.codebooks)
+        self._cb_t = np.ascontiguousarray(self.codebooks.transpose(0, 2, 1))  # (M, dsub, ksub)
 
     def _sub(self, x: np.ndarray) -> np.ndarray:
         return x.reshape(x.shape[0], self.M, self.dsub)
@@ -70,8 +73,11 @@ class ProductQuantizer(Quantizer):
         self._require_trained()
         x = self._check_x(x)
         codes = np.empty((x.shape[0], self.M), dtype=self.code_dtype)
-        for m in range(self.M):
-            codes[:, m] = assign_l2(x[:, m * self.dsub : (m + 1) * self.dsub], self.codebooks[m])[0]
+        block = max(1, _ENCODE_BYTES // (4 * self.M * self.ksub))
+        for s in range(0, x.shape[0], block):
+            # every sub-space in one batched product: one call, not M, which small batches feel most
+            dots = np.matmul(np.ascontiguousarray(self._sub(x[s : s + block]).transpose(1, 0, 2)), self._cb_t)
+            nearest_subcodes(dots, self._cb_norms, codes[s : s + block])
         return codes
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
