@@ -43,7 +43,7 @@ import numba
 import numpy as np
 
 from .. import storage
-from .._threads import search_threads
+from .._threads import single_blas_thread
 from .._validate import all_unique, as_ids, as_vectors, check_k
 from ..errors import (
     AnnvqError,
@@ -570,7 +570,7 @@ class ShardedIndex:
         before = numba.get_num_threads()
         numba.set_num_threads(1)
         try:
-            with search_threads(xq.shape[0]):
+            with single_blas_thread(xq.shape[0]):
                 return model.coarse.search(model.prepare(xq, "xq"), nprobe, model.codec_metric)
         finally:
             numba.set_num_threads(before)

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from .._threads import search_threads
+from .._threads import single_blas_thread
 from .._validate import all_unique, as_ids, as_vectors, check_k, check_metric, missing_ids
 from ..errors import AnnvqError, DuplicateIdError, FormatError, InvalidInputError, NotTrainedError
 from ..kernels import best_k_stable, exact_distances, topk_init
@@ -344,7 +344,8 @@ class BaseIndex(ABC):
         writes (a service) can encode outside their lock, several batches at a time.
         """
         x = self.prepare(x, "x")
-        return Encoded(x, self._encode(x, np.empty(0, np.int64)), self._model_serial)
+        with single_blas_thread(x.shape[0]):
+            return Encoded(x, self._encode(x, np.empty(0, np.int64)), self._model_serial)
 
     def check_add(self, x: Any, ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """``(vectors, ids)`` as :meth:`add` would store them, or the error it would raise; changes nothing.
@@ -462,7 +463,7 @@ class BaseIndex(ABC):
         # unless the exact vectors re-rank them anyway (see _rescores)
         depth = 2 * kk if self._rescores(p) else kk
         view = self._view()
-        with search_threads(xq.shape[0]):
+        with single_blas_thread(xq.shape[0]):
             rd, ri, cnt, thresh = topk_init(xq.shape[0], depth)
             self._scan(xq, view, (rd, ri, cnt, thresh), depth, p, assigned)
             D, L = topk_finish_batch(rd, ri, cnt, kk)

@@ -22,6 +22,8 @@ from numba import njit, prange
 from .adc import admit, scan_codes, topk_finish, topk_init
 from .simd import prefetch
 
+_PREFETCH_BYTES = 1024  # head of the next extent loaded ahead
+
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _linear_dists(w, codes, bias, const, out):
@@ -64,6 +66,7 @@ def ivf_scan(tables, weights, probes, consts, codes, bias, head, start, length, 
             while e >= 0:
                 s0 = start[e]
                 s1 = s0 + length[e]
+                _prefetch_extent(codes, bias, start, length, _following(e, p, q, probes, head, nxt))
                 b = bias[s0:s1] if has_bias else bias
                 if linear:
                     _linear_dists(weights[q], codes[s0:s1], b, consts[q, p], dist)
@@ -72,6 +75,35 @@ def ivf_scan(tables, weights, probes, consts, codes, bias, head, start, length, 
                     c_, t_ = scan_codes(tables[q], codes[s0:s1], b, consts[q, p], base + s0, dq, iq, c_, t_, k)
                 e = nxt[e]
         cnt[q], thresh[q] = c_, t_
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _following(e, p, q, probes, head, nxt):
+    """The extent scanned after extent ``e`` of probe ``p`` of query ``q`` (-1: none)."""
+    if nxt[e] >= 0:
+        return nxt[e]
+    for r in range(p + 1, probes.shape[1]):
+        if probes[q, r] >= 0 and head[probes[q, r]] >= 0:
+            return head[probes[q, r]]
+    return -1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_extent(codes, bias, start, length, e):
+    """Start loading the head of extent ``e`` (its first ``_PREFETCH_BYTES`` of codes, and their biases)
+    while the current one is scanned: each extent is a jump to a new place in memory, which the
+    hardware prefetcher only follows after a few misses. Short extents, as segments make, pay that
+    start-up cost often."""
+    if e < 0:
+        return
+    M = codes.shape[1]
+    n = min(length[e], max(1, _PREFETCH_BYTES // M))
+    s0 = start[e]
+    for t in range(s0 * M, (s0 + n) * M, 64):
+        prefetch(codes, t)
+    if bias.shape[0] > 0:
+        for t in range(s0, s0 + n, 16):
+            prefetch(bias, t)
 
 
 @njit(cache=True, inline="always")
