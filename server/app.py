@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
+import sys
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -38,6 +41,16 @@ from .service import IndexService
 
 log = logging.getLogger("annvq.server")
 _WRITE_WORKERS = 4
+_WRITE_NICE = 10  # writer threads' niceness on Linux, above the searchers' 0
+
+
+def _writer_thread(threads: int) -> None:
+    """Set up a thread of the write pool: its kernels use ``threads`` threads, as a search does, and on
+    Linux it runs at a lower CPU priority than the searches, so a stream of adds that fills the cores
+    (encoding is the costly part of an add) delays searches less."""
+    numba.set_num_threads(threads)
+    if sys.platform == "linux":  # a thread's own niceness; elsewhere this call would renice the process
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _WRITE_NICE)
 
 
 class ApiKeyMiddleware:
@@ -190,7 +203,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         threads = min(config.search_threads, numba.config.NUMBA_NUM_THREADS)
         ctx.read_pool = ThreadPoolExecutor(config.search_workers, thread_name_prefix="annvq-search",
                                            initializer=numba.set_num_threads, initargs=(threads,))
-        ctx.write_pool = ThreadPoolExecutor(_WRITE_WORKERS, thread_name_prefix="annvq-write")
+        ctx.write_pool = ThreadPoolExecutor(_WRITE_WORKERS, thread_name_prefix="annvq-write",
+                                            initializer=_writer_thread, initargs=(threads,))
         ctx.service = IndexService(config)
         try:
             await loop.run_in_executor(ctx.write_pool, ctx.service.open)

@@ -447,3 +447,23 @@ def test_config_precedence(tmp_path):
     assert (cfg.max_k, cfg.access_log, cfg.host) == (5, True, "0.0.0.0")
     with pytest.raises(ValueError):
         ServerConfig.from_env({"ANNVQ_PORT": "eighty"})
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "getpriority"), reason="thread niceness needs os.getpriority")
+def test_writers_run_below_searchers_priority_with_the_search_thread_count(tmp_path):
+    """Adds encode in the write pool at a lower CPU priority than searches (Linux), with as many kernel
+    threads as a search, so an ingest stream that fills the cores delays searches less."""
+    import os
+    import sys
+
+    import numba
+
+    def probe() -> tuple[int, int]:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), numba.get_num_threads()
+
+    with TestClient(create_app(ServerConfig(data_dir=tmp_path, search_threads=1))) as c:
+        ctx = c.app.state.context
+        writer = ctx.write_pool.submit(probe).result()
+        searcher = ctx.read_pool.submit(probe).result()
+    assert writer[1] == searcher[1] == 1
+    assert writer[0] > searcher[0] if sys.platform == "linux" else writer[0] == searcher[0]

@@ -253,6 +253,8 @@ class BaseIndex(ABC):
         ids = as_ids(ids, n)
         if ids.size and ids.min() < 0:
             raise InvalidInputError("ids: must be non-negative (-1 marks an empty result slot)")
+        if ids.size and ids.min() >= self._next_id:  # past every id ever added: none can be stored
+            return ids
         clash = ids[self.contains(ids)]
         if clash.size:
             raise DuplicateIdError(f"ids already in the index: {', '.join(map(str, clash[:10]))}")
