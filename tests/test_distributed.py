@@ -6,6 +6,7 @@ kill workers come last.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -221,24 +222,32 @@ def test_bad_scheduler_address_is_a_clear_error_within_the_timeout(monkeypatch):
 
 # --- build ------------------------------------------------------------------------------------------
 _THREADS_SCRIPT = """
+import asyncio
 import os
+import dask
 import numba  # imported by the main module, as a script using annvq does: spawned workers import it too
 from distributed import Client
 from annvq.distributed import local_cluster
 
 def threads():
-    return numba.get_num_threads(), os.environ.get("OPENBLAS_NUM_THREADS"), os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    return (numba.get_num_threads(), os.environ.get("OPENBLAS_NUM_THREADS"), os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+            dask.config.get("distributed.worker.profile.enabled"))
+
+async def loop_kind():
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 if __name__ == "__main__":
     with local_cluster(2, threads_per_worker=1) as cluster, Client(cluster) as client:
         print(sorted(set(client.run(threads).values())), os.environ.get("NUMBA_NUM_THREADS"))
+        print(sorted(set(client.run(loop_kind).values())))
 """
 
 
 def test_local_cluster_workers_run_as_many_kernel_threads_as_task_threads(tmp_path):
     """A spawned worker imports the caller's main module, and Numba with it, before a nanny's env
     reaches it; the limit must hold anyway (or two one-thread workers each scan with every core),
-    glibc keeps its adaptive allocation, and the caller's own environment is left as it was."""
+    glibc keeps its adaptive allocation, and the caller's own environment is left as it was. The
+    workers run without Dask's sampling profiler, on uvloop where it is installed."""
     pytest.importorskip("distributed")
     script = tmp_path / "threads.py"
     script.write_text(_THREADS_SCRIPT)
@@ -246,7 +255,9 @@ def test_local_cluster_workers_run_as_many_kernel_threads_as_task_threads(tmp_pa
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[0] == "[(1, '1', None)] None"
+    lines = out.stdout.split("\n")
+    assert lines[0] == "[(1, '1', None, False)] None"
+    assert lines[1] == str(["uvloop" if importlib.util.find_spec("uvloop") else "asyncio"])
 
 
 def test_build_equals_single_process_add(client, tmp_path):

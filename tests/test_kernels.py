@@ -4,6 +4,7 @@ import pytest
 
 from annvq.kernels import (
     assign_l2,
+    best_k_by_id,
     best_k_stable,
     centroid_sums,
     ip_tables,
@@ -100,6 +101,27 @@ def test_scan_accumulates_across_lists(rng):
     D2, R2 = scan_topk_batch(table[None], codes, e, 10)
     np.testing.assert_array_equal(D, D2[0])
     np.testing.assert_array_equal(R, R2[0])
+
+
+def test_best_k_by_id_orders_by_distance_then_id(rng):
+    """The head of a sort by (distance, id) with id -1 left out, in either direction, padded past the
+    valid entries; the columns point back at the inputs."""
+    for descending in (False, True):
+        for _ in range(200):
+            nq, n = int(rng.integers(1, 6)), int(rng.integers(1, 30))
+            k = int(rng.integers(1, n + 3))
+            dist = rng.integers(0, 5, (nq, n)).astype(np.float32)  # many ties
+            ids = rng.permutation(1000)[: nq * n].reshape(nq, n)
+            ids[rng.random((nq, n)) < 0.2] = -1
+            D, I, C = best_k_by_id(dist, ids, k, descending)
+            pad = -np.inf if descending else np.inf
+            for q in range(nq):
+                valid = sorted((-d if descending else d, i) for d, i in zip(dist[q], ids[q]) if i >= 0)[:k]
+                got = len(valid)
+                assert I[q, :got].tolist() == [i for _, i in valid]
+                assert D[q, :got].tolist() == [-d if descending else d for d, _ in valid]
+                assert (I[q, got:] == -1).all() and (C[q, got:] == -1).all() and (D[q, got:] == pad).all()
+                np.testing.assert_array_equal(ids[q, C[q, :got]], I[q, :got])
 
 
 def test_best_k_stable_is_the_head_of_a_stable_argsort(rng):

@@ -55,6 +55,7 @@ from ..errors import (
 from ..index.base import as_id_array
 from ..index.ivf import IVFIndex
 from ..index.params import parse_params
+from ..kernels import best_k_by_id
 from ..storage.wal import OP_ADD, OP_DELETE
 from .manifest import (
     ShardedManifest,
@@ -66,7 +67,6 @@ from .manifest import (
 from .shard import ShardServer
 
 log = logging.getLogger("annvq.distributed")
-_MAX_ID = np.iinfo(np.int64).max
 _SMALL = 8  # query batches up to this size are searched on the shard worker's event loop
 _RECREATE_TIMEOUT = 30.0  # seconds to wait for a re-created replica before trying again elsewhere
 
@@ -106,19 +106,11 @@ def merge_topk(Ds: list[np.ndarray], Is: list[np.ndarray], k: int, descending: b
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The best ``k`` of each row of the per-shard results, ordered by (distance, id), -1 padding last;
     and the position in ``Ds`` each result came from."""
-    D = np.concatenate(Ds, axis=1)
-    I = np.concatenate(Is, axis=1)
+    D = np.concatenate(Ds, axis=1).astype(np.float32, copy=False)
+    I = np.concatenate(Is, axis=1).astype(np.int64, copy=False)
     src = np.repeat(np.arange(len(Ds)), [d.shape[1] for d in Ds])
-    key = np.where(I >= 0, -D if descending else D, np.inf)
-    order = np.lexsort((np.where(I >= 0, I, _MAX_ID), key), axis=1)[:, :k]
-    D, I = np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
-    origin = np.where(I >= 0, src[order], -1)
-    if D.shape[1] < k:
-        pad = k - D.shape[1]
-        D = np.pad(D, ((0, 0), (0, pad)), constant_values=-np.inf if descending else np.inf)
-        I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)
-        origin = np.pad(origin, ((0, 0), (0, pad)), constant_values=-1)
-    return D, I, origin
+    D, I, col = best_k_by_id(D, I, k, descending)
+    return D, I, np.where(col >= 0, src[np.maximum(col, 0)], -1)
 
 
 async def _settle(futures: list[Any], timeout: float) -> list[Any]:
@@ -637,12 +629,8 @@ class ShardedIndex:
         for sh, d in zip(asked, dists):
             mine = owner == sh.number
             dist[mine] = d[mine]
-        order = np.lexsort((np.where(cand >= 0, cand, _MAX_ID), dist), axis=1)[:, :k]
-        D = np.take_along_axis(dist, order, axis=1)
-        I = np.where(np.isfinite(D), np.take_along_axis(cand, order, axis=1), -1)
-        if D.shape[1] < k:
-            D = np.pad(D, ((0, 0), (0, k - D.shape[1])), constant_values=np.inf)
-            I = np.pad(I, ((0, 0), (0, k - I.shape[1])), constant_values=-1)
+        D, I, _ = best_k_by_id(dist, cand, k, False)
+        I = np.where(np.isfinite(D), I, -1)
         if self.metric != "l2":
             D = -D
         D[I < 0] = np.inf if self.metric == "l2" else -np.inf

@@ -9,7 +9,7 @@ from .additive import code_gram, cross_terms, decode_sum, scatter_rows
 from .assign import assign_l2, centroid_sums, nearest_subcodes, sq_norms
 from .beam import beam_search
 from .cq import icm_encode
-from .ivf import best_k_stable, exact_distances, ivf_scan, tree_search
+from .ivf import best_k_by_id, best_k_stable, exact_distances, ivf_scan, tree_search
 
 __all__ = [
     "assign_l2",
@@ -28,6 +28,7 @@ __all__ = [
     "tree_search",
     "exact_distances",
     "best_k_stable",
+    "best_k_by_id",
     "decode_sum",
     "scatter_rows",
     "code_gram",

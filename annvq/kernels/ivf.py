@@ -221,6 +221,41 @@ def best_k_stable(dist, labels, k):
     return D, L
 
 
+@njit(cache=True, nogil=True)
+def best_k_by_id(dist, ids, k, descending):
+    """The ``k`` best of each row of ``dist`` (nq, n) with their ``ids``: smallest first (largest when
+    ``descending``), equal distances by smaller id; entries with id -1 are left out. Returns ``(D, I,
+    C)`` (nq, k) with ``C`` the column each came from; short rows are padded with +inf (-inf when
+    ``descending``), id -1 and column -1. Serial: it merges a few candidates per query, where a
+    thread pool's start-up would cost more than the work."""
+    nq, n = dist.shape
+    D = np.full((nq, k), -np.inf if descending else np.inf, dtype=np.float32)
+    I = np.full((nq, k), -1, dtype=np.int64)
+    C = np.full((nq, k), -1, dtype=np.int64)
+    sign = np.float32(-1.0) if descending else np.float32(1.0)
+    for q in range(nq):
+        m = 0
+        for j in range(n):
+            w = ids[q, j]
+            if w < 0:
+                continue
+            key = sign * dist[q, j]
+            if m == k:
+                last = sign * D[q, k - 1]
+                if not (key < last or (key == last and w < I[q, k - 1])):
+                    continue
+            i = m if m < k else k - 1
+            while i > 0:
+                prev = sign * D[q, i - 1]
+                if not (prev > key or (prev == key and I[q, i - 1] > w)):
+                    break
+                D[q, i], I[q, i], C[q, i] = D[q, i - 1], I[q, i - 1], C[q, i - 1]
+                i -= 1
+            D[q, i], I[q, i], C[q, i] = dist[q, j], w, j
+            m = min(m + 1, k)
+    return D, I, C
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _prefetch_rows(vectors, rows):
     """Prefetch every cache line of ``vectors[rows]`` (-1 rows skipped)."""
