@@ -248,14 +248,27 @@ def test_cq_on_as_many_vectors_as_codewords_beats_the_mean():
         assert cq.mse(part) < limit * min(energy, mean_mse), (cq.mse(part), energy, mean_mse)
 
 
-def test_cq_on_fewer_vectors_than_codewords_keeps_its_codes_findable():
-    """CQ8x8 (2,048 codewords) on the 1,797 64-D digits. Unconstrained rounds first would interpolate
-    them with codewords whose codes the penalised encoder cannot find again (MSE 80, above the OPQ
-    start's 35); from the feasible product start, penalised in full, encoding reaches about 3.3."""
-    digits = pytest.importorskip("sklearn.datasets").load_digits().data.astype(np.float32)
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's 1,797 64-D digits: fewer vectors than an 8x8-bit codec has codewords."""
+    return pytest.importorskip("sklearn.datasets").load_digits().data.astype(np.float32)
+
+
+def test_cq_on_fewer_vectors_than_codewords_keeps_its_codes_findable(digits):
+    """CQ8x8 (2,048 codewords) on the digits. Unconstrained rounds first would interpolate them with
+    codewords whose codes the penalised encoder cannot find again (MSE 80, above the OPQ start's 35);
+    from the feasible product start, penalised in full, encoding reaches about 3.3."""
     cq = CompositeQuantizer(64, M=8, nbits=8).fit(digits)
     opq = OPQ(64, M=8, nbits=8).fit(digits)
     assert cq.mse(digits) < 0.25 * opq.mse(digits), (cq.mse(digits), opq.mse(digits))
+
+
+def test_rq_refinement_never_raises_the_error(digits):
+    """RQ7x8 (1,792 codewords) on the digits: the joint least-squares refinement fits codes that beam
+    search then misses (MSE 48 after it against 24.9 before), so it must be undone, not kept."""
+    refined = ResidualQuantizer(64, M=7, nbits=8).fit(digits)
+    plain = ResidualQuantizer(64, M=7, nbits=8, refine_iters=0).fit(digits)
+    assert refined.mse(digits) <= plain.mse(digits) * (1 + 1e-6), (refined.mse(digits), plain.mse(digits))
 
 
 # --- CQ's constant cross term on real data ----------------------------------------------------------------

@@ -182,6 +182,10 @@ class AdditiveCodec(Quantizer):
         codes = self._check_codes(codes)
         return decode_sum(self._flat, codes, self.ksub)
 
+    def _error(self, x: np.ndarray, codes: np.ndarray) -> float:
+        """Mean squared error of ``x`` reconstructed from ``codes`` (n, M) with the current codebooks."""
+        return float(np.mean(np.sum((x - decode_sum(self._flat, codes, self.ksub)) ** 2, axis=1)))
+
     def _beam(self, x: np.ndarray, beam_size: int, fixed_order: bool) -> np.ndarray:
         """Best codes (n, M) int32 of a beam search with the trained codebooks."""
         return beam_encode(x, self._tables, self.ksub, beam_size, fixed_order)[0][:, 0]

@@ -170,8 +170,8 @@ class CompositeQuantizer(AdditiveCodec):
         best = None
         for i, kind in enumerate(starts):
             codes = self._free_rounds(x, self._init(x, kind), probe, seed=1000 * (i + 1))
-            err = float(np.mean(np.sum((x - decode_sum(self._flat, codes, self.ksub)) ** 2, axis=1)))
-            err += mu0 * float(np.var(cross_term_kernel(self._cross, self._flat, codes, self.ksub)))
+            spread = float(np.var(cross_term_kernel(self._cross, self._flat, codes, self.ksub)))
+            err = self._error(x, codes) + mu0 * spread
             if best is None or err < best[0]:
                 best = (err, self.codebooks, codes)
         _, codebooks, codes = best

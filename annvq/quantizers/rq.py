@@ -14,7 +14,11 @@ class ResidualQuantizer(AdditiveCodec):
     Stage m's codebook is k-means (``niter`` iterations, ``init``) on the residuals of every entry
     of the training beam after stage m-1; encoding keeps the ``beam_size`` best partial codes at each
     stage. ``refine_iters`` > 0 then alternates a joint least-squares update of all codebooks with
-    re-encoding. Search under L2 needs the per-vector norm ``||x_hat||^2`` the index stores.
+    re-encoding, as long as the re-encoded error falls. With about as many training vectors as
+    codewords the joint update interpolates them with codewords whose codes beam search does not find
+    again (RQ7x8 on the 1,597 64-D digits: 24.9 before the update, 48 after it), so a refinement
+    that raises the error is undone. Search under L2 needs the per-vector norm ``||x_hat||^2`` the
+    index stores.
     """
 
     kind = "rq"
@@ -52,9 +56,16 @@ class ResidualQuantizer(AdditiveCodec):
             codes[:, :, : m + 1] = sub_codes
         self._set_codebooks(codebooks)
         best = codes[:, 0]
+        err = self._error(x, best)
         for _ in range(self.refine_iters):
+            kept = self.codebooks
             self._set_codebooks(least_squares_codebooks(x, best, self.codebooks))
-            best = self._beam(x, self.beam_size, True)
+            codes_m = self._beam(x, self.beam_size, True)
+            err_m = self._error(x, codes_m)
+            if err_m >= err:  # the encoder no longer finds the codes the update fitted
+                self._set_codebooks(kept)
+                break
+            best, err = codes_m, err_m
         self._trained = True
         return self
 
