@@ -17,7 +17,7 @@ annvq AQ's and RQ's. One thread (``--threads``), every peer in the same process.
 
     python benchmarks/bench_families.py                                        # everything (~1 h)
     python benchmarks/bench_families.py --families emb50 emb96 --codecs OPQ CQ AQ
-    python benchmarks/bench_families.py --coarse --coarse-seeds 5     # IVF coarse quantizer vs faiss
+    python benchmarks/bench_families.py --coarse --coarse-seeds 10    # IVF coarse quantizer vs faiss
 
 ``--coarse``: IVF256,PQ16x8 on the built-in 110k SIFT set against faiss IVF256,PQ16 at nprobe 1
 over several seeds (R@10: the true neighbour in the top 10; coarse recall: the true neighbour in the

@@ -3,8 +3,8 @@
 Small versions of the families of ``benchmarks/bench_families.py`` (normalised power-law embeddings
 at d = 50, 96 and 256 with 2 to 16 dimensions per sub-space, and strongly correlated dimensions);
 each codec's training MSE is compared with its faiss peer at equal bits, with margins loose enough
-for seed noise but tight enough that losing a fix (OPQ's rotation search, CQ on normalised data)
-fails. The full table stays in the benchmark.
+for seed noise but tight enough that losing a fix (OPQ's rotation search, CQ on normalised data,
+CQ's choice of start on low-rank data) fails. The full table stays in the benchmark.
 """
 import numpy as np
 import pytest
