@@ -285,6 +285,8 @@ def search(
     rerank: Annotated[bool | None, typer.Option(
         "--rerank/--no-rerank", help="re-rank with the exact vectors (Refine indexes)")] = None,
     k_factor: Annotated[int | None, typer.Option(min=1, help="re-rank the best k_factor * k candidates")] = None,
+    rescore: Annotated[bool | None, typer.Option(
+        "--rescore/--no-rescore", help="re-score the best candidates with float tables (fast-scan indexes)")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o",
         help="results.json, results.npy (+ results_distances.npy) or results.ivecs (+ results.fvecs); "
@@ -302,7 +304,7 @@ def search(
         idx = annvq.load(index_path)
         xq = _read_queries(queries)
         t = time.perf_counter()
-        D, I = idx.search(xq, k, nprobe=nprobe, rerank=rerank, k_factor=k_factor)
+        D, I = idx.search(xq, k, nprobe=nprobe, rerank=rerank, k_factor=k_factor, rescore=rescore)
         elapsed = time.perf_counter() - t
         _write_results(out, D, I)
         typer.echo(f"{len(xq)} queries, k={k}: {elapsed:.3f} s ({len(xq) / max(elapsed, 1e-9):.0f} QPS)", err=True)

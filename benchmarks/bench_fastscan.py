@@ -5,8 +5,9 @@ annvq against faiss ``IndexPQFastScan`` with the same M: QPS for a batch of 1,00
 query at a time (k=10), and R@10.
 
 IVF (``--ivf``): ``IVF256,PQ32x4fs`` on annvq's built-in 110k SIFT set and ``IVF1024,PQ32x4fs`` on 1M
-SYNTHETIC vectors, each over an nprobe sweep (batch of 1,000 queries, k=10): annvq fast-scan, with
-re-ranking by the exact vectors (``,Refine``, k_factor 4), annvq ``IVF{n},PQ16x8`` (the same 16 bytes per
+SYNTHETIC vectors, each over an nprobe sweep (batch of 1,000 queries, k=10): annvq fast-scan, plain
+(quantised distances, as faiss's), re-scored with float tables (``rescore=True``) and re-ranked by the
+exact vectors (``,Refine``, k_factor 4), annvq ``IVF{n},PQ16x8`` (the same 16 bytes per
 vector, 8-bit), faiss ``IVF{n},PQ32x4fs``, ``IVF{n},PQ32x4fs,RFlat`` and ``IVF{n},PQ16x8``, and hnswlib
 (M=16) over its ``ef`` when installed. R@10 is 1-recall@10 (the true nearest neighbour in the top 10).
 Each run prints the issue's target table: QPS at R@10 = 0.90 (interpolated between nprobe settings),
@@ -248,7 +249,8 @@ def _curves(lib, spec, label, name, xq, gt, nprobes, args, k_factors, set_nprobe
     return rows
 
 
-def annvq_curve(name, spec, x, xt, xq, gt, nprobes, args, k_factors=(None,), centroids=None):
+def annvq_curve(name, spec, x, xt, xq, gt, nprobes, args, k_factors=(None,), centroids=None, rescore=False):
+    """annvq's sweep; ``rescore``: a second sweep of the same index re-scoring with float tables."""
     if centroids is not None:
         idx = FastScanIndex(x.shape[1], spec, centroids=centroids)
     else:
@@ -256,9 +258,13 @@ def annvq_curve(name, spec, x, xt, xq, gt, nprobes, args, k_factors=(None,), cen
     idx.train(xt)
     idx.add(x)
     nbytes = bytes_per_vector(idx)
-    return _curves("annvq", spec, spec, name, xq, gt, nprobes, args, k_factors, lambda p: setattr(idx, "nprobe", p),
-                   lambda kf: setattr(idx, "k_factor", kf), lambda q: idx.search(q, K)[1], nbytes,
-                   lambda q, p: idx.coarse.search(q, p)[1], idx.coarse.assign(x[gt[:, 0]]))
+    rows = []
+    for label, kw in [(spec, {})] + ([(f"{spec} (rescore)", {"rescore": True})] if rescore else []):
+        rows += _curves("annvq", spec, label, name, xq, gt, nprobes, args, k_factors,
+                        lambda p: setattr(idx, "nprobe", p), lambda kf: setattr(idx, "k_factor", kf),
+                        lambda q, kw=kw: idx.search(q, K, **kw)[1], nbytes,
+                        lambda q, p: idx.coarse.search(q, p)[1], idx.coarse.assign(x[gt[:, 0]]))
+    return rows
 
 
 def faiss_curve(name, spec, x, xt, xq, gt, nprobes, args, k_factors=(None,)):
@@ -389,7 +395,8 @@ def ivf_run(name, x, xt, xq, gt, nlist, args) -> dict:
     rows = []
     for key, spec in specs.items():
         kfs = args.k_factors if key == "fs_refine" else (None,)
-        rows += annvq_curve(name, spec, x, xt, xq, gt, args.nprobe, args, kfs, centroids if key != "pq8" else None)
+        rows += annvq_curve(name, spec, x, xt, xq, gt, args.nprobe, args, kfs, centroids if key != "pq8" else None,
+                            rescore=key == "fs" and centroids is None)
         if faiss is not None:
             rows += faiss_curve(name, spec, x, xt, xq, gt, args.nprobe, args, kfs)
     if hnswlib is not None and not args.no_hnsw and (name.startswith("builtin") or args.hnsw_synthetic):

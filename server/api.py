@@ -346,6 +346,8 @@ async def search(
     rerank: Annotated[bool | None, Query(description="re-rank with exact vectors (octet-stream bodies only)")] = None,
     k_factor: Annotated[int | None, Query(
         ge=1, le=1024, description="re-rank depth factor (octet-stream only)")] = None,
+    rescore: Annotated[bool | None, Query(
+        description="re-score with float tables, fast-scan indexes (octet-stream bodies only)")] = None,
 ) -> FastJSONResponse:
     """k nearest neighbours of each query: ids and distances. Distances are squared L2 (ascending) or, for
     ip and cosine indexes, similarities (descending). A parameter the index type does not take (nprobe on
@@ -353,8 +355,9 @@ async def search(
     req, xq = await _vectors_body(request, models.SearchRequest, ctx, name, ctx.config.max_queries, "queries",
                                   "max_queries")
     if req is not None:
-        k, nprobe, rerank, k_factor = req.k, req.nprobe, req.rerank, req.k_factor
+        k, nprobe, rerank, k_factor, rescore = req.k, req.nprobe, req.rerank, req.k_factor, req.rescore
     if k > ctx.config.max_k:
         raise LimitExceeded(f"k={k} exceeds this server's max_k {ctx.config.max_k}")
-    D, I = await ctx.read(ctx.service.search, name, xq, k, nprobe=nprobe, rerank=rerank, k_factor=k_factor)
+    D, I = await ctx.read(ctx.service.search, name, xq, k, nprobe=nprobe, rerank=rerank, k_factor=k_factor,
+                          rescore=rescore)
     return FastJSONResponse(_search_body(D, I))

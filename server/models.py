@@ -55,7 +55,9 @@ class SearchRequest(_Body):
     nprobe: Positive | None = Field(None, description="inverted lists to visit (IVF indexes only)")
     rerank: bool | None = Field(None, strict=True, description="re-rank with exact vectors (indexes built with Refine)")
     k_factor: Annotated[int, Field(ge=1, le=1024), BeforeValidator(whole_number)] | None = Field(
-        None, description="re-rank the best k_factor * k candidates (with rerank)")
+        None, description="re-rank (or re-score) the best k_factor * k candidates")
+    rescore: bool | None = Field(None, strict=True, description="re-score the best candidates with float tables "
+                                                                "(fast-scan indexes, PQ<M>x4fs)")
 
 
 class IdsRequest(_Body):

@@ -119,6 +119,23 @@ def test_build_from_npy_with_learn_file(tmp_path):
                       "unknown search parameter(s) 'nprobe' for a flat index")
 
 
+def test_search_rescore_on_fast_scan_indexes(tmp_path):
+    """``--rescore`` re-scores a fast-scan search with float tables, as the library does; other indexes
+    refuse it as a user error."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1200, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    for spec in ("PQ4x4fs", "PQ4x4"):
+        r = run("build", tmp_path / "x.npy", "-i", spec, "-o", tmp_path / spec, "--no-progress")
+        assert r.exit_code == 0, r.output
+    r = run("search", tmp_path / "PQ4x4fs", tmp_path / "x.npy", "-k", 5, "--rescore", "--k-factor", 4)
+    assert r.exit_code == 0, r.output
+    D, I = annvq.load(tmp_path / "PQ4x4fs").search(x, 5, rescore=True, k_factor=4)
+    np.testing.assert_array_equal(json.loads(r.stdout)["ids"], I)
+    np.testing.assert_allclose(json.loads(r.stdout)["distances"], D, rtol=1e-6)
+    assert_user_error(run("search", tmp_path / "PQ4x4", tmp_path / "x.npy", "--rescore"), "rescore")
+
+
 def test_user_errors_exit_2_with_one_line(built, sift, tmp_path):
     base = sift / "siftsmall_base.fvecs"
     assert_user_error(run("build", base, "-i", "IVF16,XQ3", "-o", tmp_path / "a.h5"), "cannot parse codec part")

@@ -1,5 +1,5 @@
 """Fast-scan indexes (``PQ<M>x4fs``, flat and IVF): sealed segments packed, the growing one not, one
-top-k re-scored with exact table sums; deletions, persistence, merges and retraining."""
+top-k, optionally re-scored with exact table sums; deletions, persistence, merges and retraining."""
 import numpy as np
 import pytest
 
@@ -33,8 +33,9 @@ def _assert_same_up_to_ties(got, want):
 @pytest.mark.parametrize("spec,metric", [("PQ16x4fs", "l2"), ("PQ15x4fs", "ip"), ("IVF16,PQ16x4fs", "l2"),
                                          ("IVF16,OPQ16,PQ16x4fs", "ip"), ("IVF16,PQ8x4fs", "cosine")])
 def test_matches_exact_adc_when_the_depth_covers_the_candidates(data, spec, metric):
-    """k as large as what the probed lists hold: the quantised scan then keeps every candidate, and the
-    exact re-scoring gives the distances and ranking of plain ADC over the same codes."""
+    """k as large as what the probed lists hold: the quantised scan then keeps every candidate, and
+    re-scoring with the float tables (``rescore``) gives the distances and ranking of plain ADC over the
+    same codes; without it the quantised ranking finds about as many of the exact top 10."""
     x, xq = data
     d = 30 if spec.startswith("PQ15") else D
     x, xq = x[:, :d], xq[:, :d]
@@ -51,13 +52,32 @@ def test_matches_exact_adc_when_the_depth_covers_the_candidates(data, spec, metr
     live = np.setdiff1d(np.arange(6700), np.arange(0, 6000, 11))
     twin.add(vectors[live], live)
     kw = {"nprobe": 16} if "IVF" in spec else {}
-    got, want = idx.search(xq, 3500, **kw), twin.search(xq, 3500, **kw)  # a scan depth of 7000 >= ntotal
+    got = idx.search(xq, 3500, rescore=True, **kw)  # a re-scoring depth of 7000 >= ntotal
+    want = twin.search(xq, 3500, **kw)
     _assert_same_up_to_ties(got, want)
     assert not np.isin(got[1], np.arange(0, 6000, 11)).any()
-    top = idx.search(xq, 10, **kw)
-    assert (top[1] >= 0).all()
-    if metric == "l2":  # the re-scored top 10 is close to the exact one
-        assert np.mean([len(set(a) & set(b)) for a, b in zip(top[1], want[1][:, :10])]) >= 8
+    for top in (idx.search(xq, 10, rescore=True, **kw), idx.search(xq, 10, **kw)):
+        assert (top[1] >= 0).all()
+        if metric == "l2":  # the top 10 is close to the exact one
+            assert np.mean([len(set(a) & set(b)) for a, b in zip(top[1], want[1][:, :10])]) >= 8
+
+
+def test_rescore_is_a_fast_scan_parameter(data):
+    """Plain fast-scan distances are the quantised estimates (as faiss's); ``rescore`` replaces them by
+    float table sums; other indexes refuse the parameter by name."""
+    x, xq = data
+    idx = annvq.index_factory(D, "PQ16x4fs")
+    idx.train(x[:3000])
+    idx.add(x)
+    idx.seal()
+    plain, exact = idx.search(xq, 10), idx.search(xq, 10, rescore=True, k_factor=50)
+    twin = _plain_twin(idx)
+    twin.add(x)
+    np.testing.assert_allclose(exact[0], twin.search(xq, 10)[0], rtol=1e-5)
+    assert not np.allclose(plain[0], exact[0], rtol=1e-5)
+    np.testing.assert_allclose(plain[0], exact[0], rtol=0.1)
+    with pytest.raises(annvq.InvalidInputError, match="rescore"):
+        twin.search(xq, 10, rescore=True)
 
 
 def test_round_trip_merge_and_retrain(data, tmp_path):

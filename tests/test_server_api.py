@@ -427,6 +427,28 @@ def test_ivf_refine_index_across_restarts(tmp_path):
             c.request("DELETE", "/indexes/ivf/vectors", json={"ids": [1100 + round_]})  # next start checkpoints anew
 
 
+def test_fast_scan_rescore_reaches_the_index(tmp_path):
+    """``rescore`` (JSON field and query parameter) re-scores a fast-scan search with float tables; an
+    index that is not fast-scan answers 400 naming it."""
+    x = _vectors(1200)
+    with TestClient(create_app(ServerConfig(data_dir=tmp_path, checkpoint_ops=1))) as c:
+        c.put("/indexes/fs", json={"dim": D, "spec": "PQ4x4fs"})
+        c.post("/indexes/fs/vectors", content=x.tobytes(), headers=OCTET)
+        assert c.post("/indexes/fs/train?wait=true").json()["status"] == "succeeded"
+        c.post("/indexes/fs/vectors", content=x[:8].tobytes(), headers=OCTET)  # a checkpoint seals and packs
+        query = {"vectors": x[:4].tolist(), "k": 5}
+        plain = c.post("/indexes/fs/search", json=query).json()
+        rescored = c.post("/indexes/fs/search", json={**query, "rescore": True, "k_factor": 8}).json()
+        raw = c.post("/indexes/fs/search?k=5&rescore=true&k_factor=8", content=x[:4].tobytes(),
+                     headers=OCTET).json()
+        assert raw == rescored and rescored["distances"] != plain["distances"]
+        c.put("/indexes/sq", json={"dim": D, "spec": "SQ8"})
+        c.post("/indexes/sq/train?wait=true", content=x.tobytes(), headers=OCTET)
+        r = c.post("/indexes/sq/search", json={**query, "rescore": True})
+        _assert_error(r, 400, "invalid_input")
+        assert "rescore" in r.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("path,method,raw", [
     ("/indexes/n", "PUT", b'{"dim": 4, "spec": {"codec": "pq", "M": 2, "options": {"niter": NaN}}}'),
     ("/indexes/t/vectors", "DELETE", b'{"ids": [Infinity]}'),

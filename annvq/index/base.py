@@ -39,6 +39,7 @@ _INDEX_TYPES: dict[str, type[BaseIndex]] = {}
 _MODEL_SERIALS = itertools.count(1)
 _MAX_ID = np.iinfo(np.int64).max
 _REENCODE_ROWS = 65536  # rows re-encoded at a time by a retrain
+_RESCORE_FACTOR = 2  # fast-scan rescore: candidates re-scored per result when k_factor is not given
 SEAL_ROWS = 65536
 
 
@@ -457,13 +458,15 @@ class BaseIndex(ABC):
         rerank = self._reranks(p)
         if rerank and not self.rerank:
             raise InvalidInputError("rerank: this index keeps no exact vectors (build it with Refine)")
+        if p.rescore and not self.fast_scan:
+            raise InvalidInputError("rescore: only fast-scan indexes (PQ<M>x4fs) rank by quantised tables")
         # codecs whose tables only approximate decode() (QINCo) re-rank by the decoded vectors instead
         decoded = self.codec.rerank_decoded and not rerank
         default_factor = self.k_factor if rerank else getattr(self.codec, "k_factor", 1)
         kk = k * (p.k_factor or default_factor) if rerank or decoded else k
-        # fast-scan ranks by quantised distances: keep twice as many, re-scored exactly by the scan,
-        # unless the exact vectors re-rank them anyway (see _rescores)
-        depth = 2 * kk if self._rescores(p) else kk
+        # fast-scan ranks by quantised distances; with rescore, the best k_factor * k are re-scored by
+        # the float tables inside the scan, and the best k of those kept
+        depth = k * (p.k_factor or _RESCORE_FACTOR) if self._rescores(p) else kk
         view = self._view()
         with single_blas_thread(xq.shape[0]):
             rd, ri, cnt, thresh = topk_init(xq.shape[0], depth)
@@ -484,7 +487,7 @@ class BaseIndex(ABC):
     def _rescores(self, p: SearchParams) -> bool:
         """Whether a fast-scan search with ``p`` re-scores its best quantised candidates with the float
         tables; with exact re-ranking the quantised best go straight to the exact vectors."""
-        return self.fast_scan and not self._reranks(p)
+        return self.fast_scan and bool(p.rescore) and not self._reranks(p)
 
     def _rerank(self, xq: np.ndarray, view: list, labels: np.ndarray, k: int,
                 exact: bool = True) -> tuple[np.ndarray, np.ndarray]:

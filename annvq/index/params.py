@@ -16,13 +16,17 @@ from ..errors import InvalidInputError
 
 
 class SearchParams(BaseModel):
-    """Parameters every index takes: re-ranking with exact vectors (indexes built with ``Refine``)."""
+    """Parameters every index takes: re-ranking with exact vectors (indexes built with ``Refine``), and
+    re-scoring with float tables (fast-scan indexes)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     rerank: bool | None = Field(None, description="re-rank candidates with the exact vectors (indexes built with "
                                                   "Refine); default: on for such indexes")
     k_factor: int | None = Field(None, ge=1, le=1024, description="re-rank the best k_factor * k candidates")
+    rescore: bool | None = Field(None, description="fast-scan indexes (PQ<M>x4fs): re-score the best k_factor * k "
+                                                   "candidates (k_factor default 2) with the float tables their "
+                                                   "uint8 tables approximate; default off")
 
 
 class FlatSearchParams(SearchParams):

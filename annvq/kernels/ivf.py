@@ -276,27 +276,54 @@ def _sq_norm(v):
     return s
 
 
+_INSERT_NPROBE = 4  # coarse_topk: up to this many lists, a sorted insertion beats the reservoir
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _coarse_score(qn, cn, dot, use_ip):
+    """Squared L2 distance ``qn + cn - 2 dot`` clipped at 0, or ``-dot`` under inner product."""
+    return -dot if use_ip else max(qn + cn - np.float32(2.0) * dot, np.float32(0.0))
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def coarse_topk(xq, dots, c_norms, nprobe, use_ip):
     """The ``nprobe`` best centroids per query from ``dots = xq @ centroids.T``, ``(D, L)`` ascending.
 
     Scores are squared L2 distances ``||q||^2 + ||c||^2 - 2 q.c`` (clipped at 0), or ``-q.c`` when
-    ``use_ip``. Queries go in groups that share one score buffer.
+    ``use_ip``. Up to ``_INSERT_NPROBE`` lists, each score below the current worst is inserted into the
+    sorted result directly (ties keep the lower list number); beyond, queries go in groups that share
+    one score buffer offered to a reservoir.
     """
     nq, nlist = dots.shape
-    rd, ri, cnt, thresh = topk_init(nq, nprobe)
     D = np.empty((nq, nprobe), dtype=np.float32)
     L = np.empty((nq, nprobe), dtype=np.int64)
+    if nprobe <= _INSERT_NPROBE:
+        for q in prange(nq):
+            d, lab = D[q], L[q]
+            d[:] = np.inf
+            lab[:] = -1
+            qn = np.float32(0.0) if use_ip else _sq_norm(xq[q])
+            worst = np.float32(np.inf)
+            for c in range(nlist):
+                s = _coarse_score(qn, c_norms[c], dots[q, c], use_ip)
+                if s < worst:
+                    j = nprobe - 1
+                    while j > 0 and d[j - 1] > s:
+                        d[j] = d[j - 1]
+                        lab[j] = lab[j - 1]
+                        j -= 1
+                    d[j] = s
+                    lab[j] = c
+                    worst = d[nprobe - 1]
+        return D, L
+    rd, ri, cnt, thresh = topk_init(nq, nprobe)
     group = 16
     for g in prange((nq + group - 1) // group):
         scores = np.empty(nlist, dtype=np.float32)
         for q in range(g * group, min(nq, (g + 1) * group)):
             qn = np.float32(0.0) if use_ip else _sq_norm(xq[q])
             for c in range(nlist):
-                if use_ip:
-                    scores[c] = -dots[q, c]
-                else:
-                    scores[c] = max(qn + c_norms[c] - np.float32(2.0) * dots[q, c], np.float32(0.0))
+                scores[c] = _coarse_score(qn, c_norms[c], dots[q, c], use_ip)
             c_, t_ = admit(scores, nlist, 0, rd[q], ri[q], cnt[q], thresh[q], nprobe)
             topk_finish(rd[q], ri[q], c_, nprobe, D[q], L[q])
     return D, L
