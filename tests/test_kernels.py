@@ -141,3 +141,21 @@ def test_best_k_stable_is_the_head_of_a_stable_argsort(rng):
         want_l[~np.isfinite(want_d)] = -1
         np.testing.assert_array_equal(D, want_d)
         np.testing.assert_array_equal(L, want_l)
+
+
+@pytest.mark.parametrize("nprobe", [1, 3, 4, 5, 16, 40])
+@pytest.mark.parametrize("use_ip", [False, True])
+def test_coarse_topk_is_the_head_of_a_stable_sort(rng, nprobe, use_ip):
+    """Both paths (sorted insertion up to 4 lists, the reservoir beyond) give the nprobe best lists,
+    ties to the lower list number: small integer data makes many ties."""
+    from annvq.kernels.ivf import coarse_topk
+
+    xq = rng.integers(-2, 3, size=(50, 4)).astype(np.float32)
+    cents = rng.integers(-2, 3, size=(40, 4)).astype(np.float32)
+    dots = xq @ cents.T
+    scores = -dots if use_ip else np.maximum((xq**2).sum(1)[:, None] + (cents**2).sum(1)[None] - 2 * dots, 0)
+    D, L = coarse_topk(xq, dots, (cents**2).sum(1).astype(np.float32), nprobe, use_ip)
+    want = np.argsort(scores, axis=1, kind="stable")[:, :nprobe]
+    np.testing.assert_array_equal(D, np.take_along_axis(scores, want, 1))
+    if nprobe <= 4:  # the reservoir's quickselect breaks ties arbitrarily
+        np.testing.assert_array_equal(L, want)

@@ -228,6 +228,18 @@ def scan_codes(table, codes, bias, const, base, rd, ri, cnt, thresh, k):
     return cnt, thresh
 
 
+@njit(cache=True, nogil=True, inline="always")
+def insert_sorted(d, lab, j, v, w):
+    """Put ``(v, w)`` into the ascending ``d[:j]`` (labels ``lab``), shifting the larger entries up one
+    slot and overwriting slot ``j``; equal values keep their order ahead of ``v``."""
+    while j > 0 and d[j - 1] > v:
+        d[j] = d[j - 1]
+        lab[j] = lab[j - 1]
+        j -= 1
+    d[j] = v
+    lab[j] = w
+
+
 @njit(cache=True, nogil=True)
 def topk_finish(rd, ri, cnt, k, out_d, out_i):
     """Write a reservoir's best ``k`` ascending into ``out_d``/``out_i``; +inf / -1 pad missing slots."""
@@ -236,14 +248,7 @@ def topk_finish(rd, ri, cnt, k, out_d, out_i):
         cnt = k
     if cnt <= 32:  # insertion sort in place: no allocation, fast for the usual small k
         for j in range(1, cnt):
-            v, w = rd[j], ri[j]
-            a = j
-            while a > 0 and rd[a - 1] > v:
-                rd[a] = rd[a - 1]
-                ri[a] = ri[a - 1]
-                a -= 1
-            rd[a] = v
-            ri[a] = w
+            insert_sorted(rd, ri, j, rd[j], ri[j])
         out_d[:cnt] = rd[:cnt]
         out_i[:cnt] = ri[:cnt]
     else:

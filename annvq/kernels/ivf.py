@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .adc import admit, scan_codes, topk_finish, topk_init
+from .adc import admit, insert_sorted, scan_codes, topk_finish, topk_init
 from .simd import prefetch
 
 _PREFETCH_BYTES = 1024  # head of the next extent loaded ahead
@@ -307,13 +307,7 @@ def coarse_topk(xq, dots, c_norms, nprobe, use_ip):
             for c in range(nlist):
                 s = _coarse_score(qn, c_norms[c], dots[q, c], use_ip)
                 if s < worst:
-                    j = nprobe - 1
-                    while j > 0 and d[j - 1] > s:
-                        d[j] = d[j - 1]
-                        lab[j] = lab[j - 1]
-                        j -= 1
-                    d[j] = s
-                    lab[j] = c
+                    insert_sorted(d, lab, nprobe - 1, s, c)
                     worst = d[nprobe - 1]
         return D, L
     rd, ri, cnt, thresh = topk_init(nq, nprobe)
