@@ -206,6 +206,13 @@ class BaseIndex(ABC):
     def locate(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
         """``(segment position, row)`` of each id in :meth:`_view` order; -1, -1 where absent."""
         ids = as_id_array(ids)
+        if ids.shape[0] == 1:  # one id: scalar lookups, segment by segment
+            i = int(ids[0])
+            for pos, s in enumerate(self._view()):
+                found = s.lookup_one(i)
+                if found >= 0:
+                    return np.array([pos], dtype=np.int64), np.array([found], dtype=np.int64)
+            return np.full(1, -1, dtype=np.int64), np.full(1, -1, dtype=np.int64)
         seg = np.full(ids.shape[0], -1, dtype=np.int64)
         row = np.full(ids.shape[0], -1, dtype=np.int64)
         todo = np.arange(ids.shape[0])

@@ -147,12 +147,26 @@ class Segment:
             return None
         return self.vectors.vectors, rows
 
-    def lookup(self, ids: np.ndarray) -> np.ndarray:
-        """Row of each id among the live rows, -1 where absent."""
+    def _by_id(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ids sorted, and the row of each (built on first use)."""
         if self._sorted is None:
             order = np.argsort(self.ids, kind="stable")
             self._sorted = (self.ids[order], order)
-        sorted_ids, order = self._sorted
+        return self._sorted
+
+    def lookup_one(self, id: int) -> int:
+        """:meth:`lookup` of a single id, without the array work (a reconstruct of one id is a loop
+        of these over the segments)."""
+        sorted_ids, order = self._by_id()
+        p = int(sorted_ids.searchsorted(id))
+        if p == sorted_ids.shape[0] or sorted_ids[p] != id:
+            return -1
+        row = int(order[p])
+        return -1 if self.deleted is not None and self.deleted[row] else row
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id among the live rows, -1 where absent."""
+        sorted_ids, order = self._by_id()
         if not sorted_ids.shape[0]:
             return np.full(ids.shape[0], -1, dtype=np.int64)
         pos = np.minimum(np.searchsorted(sorted_ids, ids), sorted_ids.shape[0] - 1)
@@ -292,6 +306,10 @@ class GrowingSegment:
             self.vec_of_slot[slots] = np.arange(n0, n0 + len(slots))
         self._slot_of.update(zip(rows.ids.tolist(), slots.tolist()))
         self.n += len(slots)
+
+    def lookup_one(self, id: int) -> int:
+        """Slot of one live id, -1 where absent."""
+        return self._slot_of.get(id, -1)
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Slot of each live id, -1 where absent."""
