@@ -122,7 +122,10 @@ class CompositeQuantizer(AdditiveCodec):
     def cross_terms(self, codes: np.ndarray) -> np.ndarray:
         """``sum_{i != j} c_i.c_j`` per code (n,), the term CQ keeps near ``eps``."""
         self._require_trained()
-        codes = self._check_codes(codes).astype(np.int32)
+        return self._cross_of(self._check_codes(codes).astype(np.int32))
+
+    def _cross_of(self, codes: np.ndarray) -> np.ndarray:
+        """:meth:`cross_terms` of int32 codes with the current codebooks, trained or not."""
         return cross_term_kernel(self._cross, self._flat, codes, self.ksub)
 
     # --- training ----------------------------------------------------------------------------------
@@ -149,7 +152,7 @@ class CompositeQuantizer(AdditiveCodec):
         return self
 
     def _mean_cross(self, codes: np.ndarray) -> float:
-        return float(np.mean(cross_term_kernel(self._cross, self._flat, codes, self.ksub)))
+        return float(np.mean(self._cross_of(codes)))
 
     @staticmethod
     def _weight(t: int, ramp: int, mu: float) -> float:
@@ -170,8 +173,7 @@ class CompositeQuantizer(AdditiveCodec):
         best = None
         for i, kind in enumerate(starts):
             codes = self._free_rounds(x, self._init(x, kind), probe, seed=1000 * (i + 1))
-            spread = float(np.var(cross_term_kernel(self._cross, self._flat, codes, self.ksub)))
-            err = self._error(x, codes) + mu0 * spread
+            err = self._error(x, codes) + mu0 * float(np.var(self._cross_of(codes)))
             if best is None or err < best[0]:
                 best = (err, self.codebooks, codes)
         _, codebooks, codes = best

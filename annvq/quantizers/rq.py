@@ -56,7 +56,7 @@ class ResidualQuantizer(AdditiveCodec):
             codes[:, :, : m + 1] = sub_codes
         self._set_codebooks(codebooks)
         best = codes[:, 0]
-        err = self._error(x, best)
+        err = self._error(x, best) if self.refine_iters > 0 else 0.0
         for _ in range(self.refine_iters):
             kept = self.codebooks
             self._set_codebooks(least_squares_codebooks(x, best, self.codebooks))
