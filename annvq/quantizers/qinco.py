@@ -42,7 +42,10 @@ class QINCoQuantizer(AdditiveCodec):
     then AdamW (peak ``lr``, ``weight_decay``, cosine schedule with warm-up) on mini-batches of
     ``batch_size``, codes from the encoder with ``train_preselect`` / ``train_beam_size``, for at
     most ``epochs`` epochs, stopping when the loss on a held-out ``val_fraction`` of ``x`` has not
-    improved for ``patience`` epochs (the best weights are kept). The loss is the error of the full
+    improved for ``patience`` epochs (the best weights are kept). The peak rate matters most: after 8
+    epochs on 100k SIFT vectors, 1e-3, 2e-3, 4e-3, 8e-3 and 1.6e-2 ended at held-out errors of 19,541,
+    18,455, 17,328, 16,269 and 16,444, while on normalised embeddings and correlated data 1e-3 and 8e-3
+    were within 0.3%; hence 8e-3. The loss is the error of the full
     reconstruction plus ``prefix_weight`` times those of the shorter prefixes (1: every prefix
     counts the same). Beam-search codes are chosen for the full reconstruction, not for their
     prefixes: on clustered synthetic data trained with beam codes, weight 0 ended with a 22% lower
@@ -70,7 +73,7 @@ class QINCoQuantizer(AdditiveCodec):
         k_factor: int = 10,
         epochs: int = 30,
         batch_size: int = 1024,
-        lr: float = 1e-3,
+        lr: float = 8e-3,
         weight_decay: float = 1e-4,
         prefix_weight: float = 0.0,
         train_preselect: int = 4,
