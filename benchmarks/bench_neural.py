@@ -124,7 +124,7 @@ def run_codec(method: str, M: int, x_tr, x_out, xb, xq, gt, args) -> tuple[dict,
     index = FlatIndex(codec)
     if index.norms is not None:
         xs = x_tr[:: max(1, x_tr.shape[0] // 5000)]
-        x_hat = codec.decode(codec.encode(xs))
+        x_hat = codec.table_decode(codec.encode(xs))
         index.norms.fit(np.einsum("ij,ij->i", x_hat, x_hat))
     index.add(xb)
     if args.save_dir:

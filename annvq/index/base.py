@@ -814,7 +814,7 @@ class BaseIndex(ABC):
         ``assigned``: the coarse ``(scores, lists)`` of an inverted-file index, when the caller has them."""
 
     def _norm_values(self, codes: np.ndarray) -> np.ndarray:
-        xh = self.codec.decode(codes)
+        xh = self.codec.table_decode(codes)
         return np.einsum("ij,ij->i", xh, xh)
 
     @classmethod

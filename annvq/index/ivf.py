@@ -95,7 +95,7 @@ class IVFIndex(BaseIndex):
             return np.empty(0, dtype=np.float32)
         out = np.empty(len(codes), dtype=np.float32)
         for s in range(0, len(codes), _DECODE_ROWS):
-            r = self.codec.decode(codes[s : s + _DECODE_ROWS])
+            r = self.codec.table_decode(codes[s : s + _DECODE_ROWS])
             r2c = 2.0 * self.coarse.centroids[lists[s : s + _DECODE_ROWS]]
             r2c += r
             out[s : s + _DECODE_ROWS] = np.einsum("ij,ij->i", r, r2c)

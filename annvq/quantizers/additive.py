@@ -178,6 +178,10 @@ class AdditiveCodec(Quantizer):
         return self._cnorms.reshape(self.M, self.ksub)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
+        return self.table_decode(codes)
+
+    def table_decode(self, codes: np.ndarray) -> np.ndarray:
+        """The sum of the codewords: what the ADC tables score."""
         self._require_trained()
         codes = self._check_codes(codes)
         return decode_sum(self._flat, codes, self.ksub)

@@ -101,6 +101,15 @@ class Quantizer(ABC):
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Reconstructions (n, d) float32 of codes (n, M)."""
 
+    def table_decode(self, codes: np.ndarray) -> np.ndarray:
+        """The reconstructions (n, d) that the ADC tables score: ``decode`` unless ``rerank_decoded``.
+
+        Indexes derive the per-row scan terms (stored norms, IVF biases) from these, so that a
+        scan's distance is the one to a single vector; for a re-ranking codec that vector is its
+        tables' approximation, not the exact decode.
+        """
+        return self.decode(codes)
+
     @abstractmethod
     def lookup_tables(self, xq: np.ndarray, metric: str = "l2") -> np.ndarray:
         """ADC tables (nq, M, K) float32 for queries (nq, d); see the class docstring."""

@@ -11,7 +11,9 @@ residual quantizer it starts from; training (JAX + optax, ``annvq[neural]``) the
 Search: ADC tables come from additive codebooks (``codebooks``, as in :class:`AdditiveCodec`)
 fitted by least squares to the training vectors given their neural codes; an index takes the
 ``k_factor * k`` best by those tables and re-ranks them by the exact neural decode
-(``rerank_decoded``).
+(``rerank_decoded``). The norms and biases the index stores for that scan are those of the additive
+reconstruction (``table_decode``): with the neural decode's norms instead, the true neighbour of a
+SIFT query was among the 100 first for 0.938 of queries, against 0.984.
 """
 from __future__ import annotations
 
