@@ -223,19 +223,21 @@ def test_ip_rerank_covering_everything_is_exhaustive(data):
     np.testing.assert_allclose(np.take_along_axis(ip, I, axis=1), sims, rtol=1e-4, atol=1e-3)  # ids are rows here
 
 
-def test_shortlist_is_the_tables_own_ranking(trained, data):
+def test_shortlist_is_the_tables_own_ranking(data):
     """The scan ranks rows by their distance to the tables' reconstruction ``table_decode`` (norms and
     IVF biases included), not by a mix of that and the neural decode: with float norms and a shortlist
     of exactly k, the k ids returned are the k nearest such reconstructions."""
     x, xq = data
     k = 5
-    for index in (FlatIndex(trained, norm_bits=32), IVFIndex(trained, nlist=4)):
+    for index in (FlatIndex(QINCoQuantizer(D, M, NBITS, epochs=2, **TRAIN), norm_bits=32),
+                  IVFIndex(QINCoQuantizer(D, M, NBITS, epochs=2, **TRAIN), nlist=4)):
         index.train(x)
         index.add(x)
         ivf = isinstance(index, IVFIndex)
         base = index.coarse.centroids[index.coarse.assign(x)] if ivf else np.zeros_like(x)
-        x_tab = base + trained.table_decode(trained.encode(x - base))
-        assert not np.allclose(x_tab, base + trained.decode(trained.encode(x - base)), atol=1e-2)
+        codes = index.codec.encode(x - base)
+        x_tab = base + index.codec.table_decode(codes)
+        assert not np.allclose(x_tab, base + index.codec.decode(codes), atol=1e-2)
         d2 = np.sum((xq[:, None, :].astype(np.float64) - x_tab[None]) ** 2, axis=-1)
         _, I = index.search(xq, k, k_factor=1, **({"nprobe": 4} if ivf else {}))
         kth = np.sort(d2, axis=1)[:, k - 1 : k]
