@@ -17,7 +17,7 @@ from annvq import (
     QINCoQuantizer,
     ResidualQuantizer,
 )
-from annvq.kernels.qinco import QincoWeights, qinco_decode, qinco_tables
+from annvq.kernels.qinco import QincoWeights, qinco_decode, qinco_encode, qinco_tables
 
 D, M, NBITS = 8, 3, 4
 NET = {"embed_dim": 16, "hidden_dim": 32, "n_blocks": 1}
@@ -124,6 +124,16 @@ def test_beam_is_never_worse_than_greedy(trained, data):
         e_beam = sq_err(xq, beam.decode(beam.encode(xq)))
         assert np.all(e_beam <= e_greedy * (1 + 1e-5) + 1e-6)
         assert e_beam.mean() < e_greedy.mean()
+
+
+def test_encoding_in_several_threads_gives_the_same_codes(data):
+    q = random_network(QINCoQuantizer.from_rq(ResidualQuantizer(D, M, NBITS).fit(data[0]), **NET))
+    x = q._normalise(data[0][:1199])  # blocks of unequal size
+    serial = qinco_encode(q.weights, q._net, x, q.preselect, q.beam_size, threads=1)
+    for threads in (2, 3):
+        codes, x_hat = qinco_encode(q.weights, q._net, x, q.preselect, q.beam_size, threads=threads)
+        np.testing.assert_array_equal(codes, serial[0])
+        np.testing.assert_array_equal(x_hat, serial[1])
 
 
 # --- persistence, and no JAX at inference -------------------------------------------------------------

@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import numba
 import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from .._threads import single_blas_thread
 from ..kernels.qinco import QincoWeights, qinco_decode, qinco_encode, qinco_tables
 
 if TYPE_CHECKING:
@@ -62,7 +64,8 @@ def _weights(params: Params) -> QincoWeights:
 
 def _encode(params: Params, x: np.ndarray, preselect: int, beam_size: int) -> np.ndarray:
     w = _weights(params)
-    return qinco_encode(w, qinco_tables(w), x, preselect, beam_size)[0]
+    with single_blas_thread(x.shape[0]):
+        return qinco_encode(w, qinco_tables(w), x, preselect, beam_size, numba.get_num_threads())[0]
 
 
 def _reset_unused(params: Params, counts: np.ndarray, x: np.ndarray, codes: np.ndarray,

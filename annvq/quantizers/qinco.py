@@ -19,8 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 
+from .._threads import single_blas_thread
 from ..errors import DependencyError, InvalidInputError
 from ..kernels.qinco import QincoWeights, qinco_decode, qinco_encode, qinco_tables
 from .additive import AdditiveCodec, least_squares_codebooks
@@ -214,15 +216,19 @@ class QINCoQuantizer(AdditiveCodec):
         """
         n = min(x.shape[0], _LSQ_POINTS_PER_CODEWORD * self.M * self.ksub)
         xs = x[np.sort(rng.choice(x.shape[0], n, replace=False))] if n < x.shape[0] else x
-        codes, _ = qinco_encode(self.weights, self._net, self._normalise(xs), self.preselect, self.beam_size)
+        codes = self._neural_codes(self._normalise(xs))
         self._set_codebooks(least_squares_codebooks(xs, codes, init))
 
     # --- the interface --------------------------------------------------------------------------------
     def encode(self, x: np.ndarray) -> np.ndarray:
         self._require_trained()
-        codes, _ = qinco_encode(self.weights, self._net, self._normalise(self._check_x(x)), self.preselect,
-                                self.beam_size)
-        return codes.astype(self.code_dtype)
+        return self._neural_codes(self._normalise(self._check_x(x))).astype(self.code_dtype)
+
+    def _neural_codes(self, x: np.ndarray) -> np.ndarray:
+        """Beam-search codes of normalised vectors, on Numba's thread count (BLAS single-threaded meanwhile)."""
+        with single_blas_thread(x.shape[0]):
+            return qinco_encode(self.weights, self._net, x, self.preselect, self.beam_size,
+                                numba.get_num_threads())[0]
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Neural reconstructions (n, d): the exact decode that search re-ranks with."""
