@@ -95,8 +95,8 @@ def qinco_encode(w: QincoWeights, t: QincoTables, x: np.ndarray, preselect: int,
     followed too, so the result is never worse than ``beam_size=1`` with the same ``preselect``.
     Vectors are processed in blocks so the candidate arrays stay a few MB; ``threads`` workers
     encode blocks side by side. The work is BLAS products and NumPy operations that release the GIL:
-    on 2 cores, 2 workers with single-threaded BLAS encoded 1.86x as many vectors per second as one
-    (multi-threaded BLAS alone gained nothing), with the same codes.
+    on 2 cores, 2 workers with single-threaded BLAS encoded 1.9x-2.0x as many SIFT vectors per second
+    as one (multi-threaded BLAS alone gained nothing), with the same codes.
     """
     n, d = x.shape
     M, K, _ = w.codebooks.shape
