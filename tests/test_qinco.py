@@ -133,7 +133,8 @@ def test_encoding_in_several_threads_gives_the_same_codes(data):
     for threads in (2, 3):
         codes, x_hat = qinco_encode(q.weights, q._net, x, q.preselect, q.beam_size, threads=threads)
         np.testing.assert_array_equal(codes, serial[0])
-        np.testing.assert_array_equal(x_hat, serial[1])
+        # BLAS may round a product of another block shape differently in the last bit
+        np.testing.assert_allclose(x_hat, serial[1], rtol=1e-5, atol=1e-5)
 
 
 # --- persistence, and no JAX at inference -------------------------------------------------------------

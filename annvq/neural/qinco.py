@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import numba
 import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from .._threads import single_blas_thread
-from ..kernels.qinco import QincoWeights, qinco_decode, qinco_encode, qinco_tables
+from ..kernels.qinco import QincoWeights, qinco_decode, qinco_tables
+from ..quantizers.qinco import neural_codes
 
 if TYPE_CHECKING:
     from ..quantizers.qinco import QINCoQuantizer
@@ -64,8 +63,7 @@ def _weights(params: Params) -> QincoWeights:
 
 def _encode(params: Params, x: np.ndarray, preselect: int, beam_size: int) -> np.ndarray:
     w = _weights(params)
-    with single_blas_thread(x.shape[0]):
-        return qinco_encode(w, qinco_tables(w), x, preselect, beam_size, numba.get_num_threads())[0]
+    return neural_codes(w, qinco_tables(w), x, preselect, beam_size)
 
 
 def _reset_unused(params: Params, counts: np.ndarray, x: np.ndarray, codes: np.ndarray,

@@ -24,7 +24,7 @@ import numpy as np
 
 from .._threads import single_blas_thread
 from ..errors import DependencyError, InvalidInputError
-from ..kernels.qinco import QincoWeights, qinco_decode, qinco_encode, qinco_tables
+from ..kernels.qinco import QincoTables, QincoWeights, qinco_decode, qinco_encode, qinco_tables
 from .additive import AdditiveCodec, least_squares_codebooks
 from .rq import ResidualQuantizer
 
@@ -225,10 +225,7 @@ class QINCoQuantizer(AdditiveCodec):
         return self._neural_codes(self._normalise(self._check_x(x))).astype(self.code_dtype)
 
     def _neural_codes(self, x: np.ndarray) -> np.ndarray:
-        """Beam-search codes of normalised vectors, on Numba's thread count (BLAS single-threaded meanwhile)."""
-        with single_blas_thread(x.shape[0]):
-            return qinco_encode(self.weights, self._net, x, self.preselect, self.beam_size,
-                                numba.get_num_threads())[0]
+        return neural_codes(self.weights, self._net, x, self.preselect, self.beam_size)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Neural reconstructions (n, d): the exact decode that search re-ranks with."""
@@ -237,6 +234,12 @@ class QINCoQuantizer(AdditiveCodec):
         x_hat *= np.float32(self.scale)
         x_hat += self.mean
         return x_hat
+
+
+def neural_codes(w: QincoWeights, net: QincoTables, x: np.ndarray, preselect: int, beam_size: int) -> np.ndarray:
+    """Beam-search codes of normalised vectors, on Numba's thread count (BLAS single-threaded meanwhile)."""
+    with single_blas_thread(x.shape[0]):
+        return qinco_encode(w, net, x, preselect, beam_size, numba.get_num_threads())[0]
 
 
 def _import_trainer():
