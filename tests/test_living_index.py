@@ -6,6 +6,7 @@ from pathlib import Path
 
 import hypothesis.strategies as st
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -125,6 +126,27 @@ class LivingIndex(RuleBasedStateMachine):
 LivingIndex.TestCase.settings = settings(max_examples=25, stateful_step_count=25, deadline=None,
                                          suppress_health_check=[HealthCheck.too_slow])
 TestLivingIndex = LivingIndex.TestCase
+
+
+@pytest.mark.parametrize("spec", ["IVF4,PQ4x4", "PQ4x4", "IVF4,PQ4x4,Refine"])
+def test_segments_of_raw_vectors_merge_before_training(spec):
+    """Vectors added before training wait raw in segments, which merges rewrite like any others; training
+    then encodes every live one."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, D)).astype(np.float32)
+    idx = annvq.index_factory(D, spec)
+    idx.auto_compact = False
+    idx.seal_rows = 50
+    for s in range(0, 300, 60):
+        idx.add(x[s : s + 60], ids=np.arange(s, s + 60))
+    idx.remove(np.arange(0, 60, 7))  # tombstones in the first segment only
+    assert len(idx.segments) > 1
+    assert idx.compact(full=True) == 1 and len(idx.segments) == 1
+    live = np.setdiff1d(np.arange(300), np.arange(0, 60, 7))
+    np.testing.assert_array_equal(np.sort(idx.ids), live)
+    idx.train()
+    want = _reference(idx, live, x[live])
+    _assert_same_up_to_ties(idx.search(XQ, 5), want.search(XQ, 5))
 
 
 def test_merge_built_outside_a_lock_keeps_later_deletes():
