@@ -274,6 +274,13 @@ def test_spec_strings():
         annvq.IndexSpec.parse("IVF4,QINCo4x4_N8")
 
 
+def test_default_peak_rate_shrinks_with_the_chain():
+    """8e-3 up to 8 steps, 8e-3 * 8 / M beyond; an explicit ``lr`` is used as given."""
+    assert [QINCoQuantizer(D, m).peak_lr for m in (4, 8, 16, 32)] == [8e-3, 8e-3, 4e-3, 2e-3]
+    assert QINCoQuantizer(D, 16, lr=1e-3).peak_lr == 1e-3
+    assert QINCoQuantizer(D, 16).get_params()["lr"] is None
+
+
 def test_bad_input_to_fit(data):
     x, _ = data
     pytest.importorskip("jax")
@@ -287,6 +294,8 @@ def test_bad_input_to_fit(data):
         QINCoQuantizer(D, M, 8, epochs=0).fit(x[:200])
     with pytest.raises(InvalidInputError, match="val_fraction"):
         QINCoQuantizer(D, M, NBITS, val_fraction=1.0)
+    with pytest.raises(InvalidInputError, match="lr"):
+        QINCoQuantizer(D, M, NBITS, lr=0.0)
     with pytest.raises(annvq.NotTrainedError):
         QINCoQuantizer(D, M, NBITS).encode(x[:2])
     assert issubclass(DependencyError, annvq.AnnvqError)

@@ -94,9 +94,10 @@ def train_qinco(q: QINCoQuantizer, x_tr: np.ndarray, x_val: np.ndarray, rng: np.
     batch = min(q.batch_size, x_tr.shape[0])
     steps_per_epoch = x_tr.shape[0] // batch
     total = q.epochs * steps_per_epoch
+    lr = q.peak_lr
     schedule = optax.warmup_cosine_decay_schedule(
-        init_value=q.lr * 0.01, peak_value=q.lr, warmup_steps=max(1, min(steps_per_epoch, total // 10)),
-        decay_steps=max(total, 2), end_value=q.lr * 0.01)
+        init_value=lr * 0.01, peak_value=lr, warmup_steps=max(1, min(steps_per_epoch, total // 10)),
+        decay_steps=max(total, 2), end_value=lr * 0.01)
     decay_mask = {k: k.startswith("w_") for k in params}
     opt = optax.adamw(schedule, weight_decay=q.weight_decay, mask=decay_mask)
     opt_state = opt.init(params)

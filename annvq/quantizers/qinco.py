@@ -29,6 +29,7 @@ from .additive import AdditiveCodec, least_squares_codebooks
 from .rq import ResidualQuantizer
 
 MIN_VALIDATION = 64  # fewest held-out vectors early stopping may rely on
+_PEAK_LR = 8e-3  # default peak learning rate for chains of up to 8 steps
 _LSQ_POINTS_PER_CODEWORD = 8  # vectors encoded to fit the additive (ADC) codebooks, per codeword
 
 
@@ -47,16 +48,18 @@ class QINCoQuantizer(AdditiveCodec):
     ``batch_size``, codes from the encoder with ``train_preselect`` / ``train_beam_size``, for at
     most ``epochs`` epochs, stopping when the loss on a held-out ``val_fraction`` of ``x`` has not
     improved for ``patience`` epochs (the best weights are kept). The peak rate matters most: after 8
-    epochs on 100k SIFT vectors, 1e-3, 2e-3, 4e-3, 8e-3 and 1.6e-2 ended at held-out errors of 19,541,
-    18,455, 17,328, 16,269 and 16,444, while on normalised embeddings and correlated data 1e-3 and 8e-3
-    were within 0.3%; hence 8e-3. The loss is the error of the full
-    reconstruction plus ``prefix_weight`` times those of the shorter prefixes (1: every prefix
-    counts the same). Beam-search codes are chosen for the full reconstruction, not for their
-    prefixes: on clustered synthetic data trained with beam codes, weight 0 ended with a 22% lower
-    error than weight 1, so 0 is the default. Codewords unused in an epoch are reset
-    to residuals of random training vectors. ``epochs=0`` keeps the residual quantizer.
-    ``progress``: show a progress bar (None: only on a terminal). ``history`` holds the losses of
-    every epoch of the last ``fit`` (validation ones measured with the training beam).
+    epochs on 100k SIFT vectors, ``M=8`` with 1e-3, 2e-3, 4e-3, 8e-3 and 1.6e-2 ended at held-out
+    errors of 19,541, 18,455, 17,328, 16,269 and 16,444, while on normalised embeddings and correlated
+    data 1e-3 and 8e-3 were within 0.3%; hence 8e-3. A longer chain of steps takes a smaller rate: at
+    ``M=16`` 8e-3 diverged after 4 epochs (the training loss rose from then on), while 4e-3 trained
+    all 30. ``lr=None`` is therefore 8e-3 up to 8 steps and ``8e-3 * 8 / M`` beyond. The loss is
+    the error of the full reconstruction plus ``prefix_weight`` times those of the shorter prefixes
+    (1: every prefix counts the same). Beam-search codes are chosen for the full reconstruction, not
+    for their prefixes: on clustered synthetic data trained with beam codes, weight 0 ended with a 22%
+    lower error than weight 1, so 0 is the default. Codewords unused in an epoch are reset to
+    residuals of random training vectors. ``epochs=0`` keeps the residual quantizer. ``progress``:
+    show a progress bar (None: only on a terminal). ``history`` holds the losses of every epoch of
+    the last ``fit`` (validation ones measured with the training beam).
 
     Search re-ranks ``k_factor * k`` ADC candidates by their neural reconstructions.
     """
@@ -77,7 +80,7 @@ class QINCoQuantizer(AdditiveCodec):
         k_factor: int = 10,
         epochs: int = 30,
         batch_size: int = 1024,
-        lr: float = 8e-3,
+        lr: float | None = None,
         weight_decay: float = 1e-4,
         prefix_weight: float = 0.0,
         train_preselect: int = 4,
@@ -104,7 +107,10 @@ class QINCoQuantizer(AdditiveCodec):
         self.embed_dim, self.hidden_dim, self.n_blocks = int(embed_dim), int(hidden_dim), int(n_blocks)
         self.preselect, self.beam_size, self.k_factor = int(preselect), int(beam_size), int(k_factor)
         self.epochs, self.batch_size = int(epochs), int(batch_size)
-        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        if lr is not None and not float(lr) > 0:
+            raise InvalidInputError(f"lr must be > 0, got {lr}")
+        self.lr = None if lr is None else float(lr)
+        self.weight_decay = float(weight_decay)
         self.prefix_weight = float(prefix_weight)
         self.train_preselect, self.train_beam_size = int(train_preselect), int(train_beam_size)
         self.val_fraction, self.patience = float(val_fraction), int(patience)
@@ -113,6 +119,11 @@ class QINCoQuantizer(AdditiveCodec):
         self.scale = 1.0
         self.history: list[dict[str, float]] = []  # per epoch: train and validation loss
         self._set_weights(self._zero_weights())
+
+    @property
+    def peak_lr(self) -> float:
+        """The training's peak learning rate: ``lr``, or by default 8e-3 scaled down for chains longer than 8."""
+        return self.lr if self.lr is not None else _PEAK_LR * min(1.0, 8 / self.M)
 
     # --- weights ---------------------------------------------------------------------------------
     def _weight_shapes(self) -> dict[str, tuple[int, ...]]:
