@@ -131,8 +131,9 @@ class BaseIndex(ABC):
 
     def needs_bias(self) -> bool:
         """Whether every row of a sealed segment carries a scan bias even when nothing is deleted (stored
-        norms; a fast-scan segment keeps its terms in per-list tables instead)."""
-        return self.norms is not None and not self.fast_scan
+        norms; a fast-scan segment keeps its terms in per-list tables instead, and raw rows, before
+        training, have none)."""
+        return self.is_trained and self.norms is not None and not self.fast_scan
 
     @property
     def code_size(self) -> int:
@@ -591,7 +592,7 @@ class BaseIndex(ABC):
         cat = lambda f: np.concatenate([f(s, r) for s, r in parts])[order]  # noqa: E731
         ids = cat(lambda s, r: s.ids[r])
         codes = cat(lambda s, r: s.codes_at(r))
-        bias = cat(lambda s, r: s.bias[r]) if self.is_trained and self.needs_bias() else np.empty(0, np.float32)
+        bias = cat(lambda s, r: s.bias[r]) if self.needs_bias() else np.empty(0, np.float32)
         norms = cat(lambda s, r: s.norms[r]) if self.norms is not None and self.is_trained else None
         vectors = MemoryVectors(cat(lambda s, r: s.read_vectors(r))) if self._keeps_vectors() else None
         offsets = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=group[0].nlist))]).astype(np.int64)

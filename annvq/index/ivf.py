@@ -73,7 +73,7 @@ class IVFIndex(BaseIndex):
         return self.coarse.is_trained
 
     def needs_bias(self) -> bool:
-        return self.metric == "l2" and not self.fast_scan
+        return self.is_trained and self.metric == "l2" and not self.fast_scan
 
     def _construct_like(self) -> IVFIndex:
         c = self.coarse
