@@ -282,7 +282,7 @@ def test_default_peak_rate_shrinks_with_the_chain():
 
 
 def test_default_beam_keeps_the_encoder_work_per_vector():
-    """A beam of 256 / M between 8 and 32; an explicit ``beam_size`` is used as given, and saved as given."""
+    """A beam of 256 / M between 8 and 32; an explicit ``beam_size`` is used as given; the parameters keep None."""
     assert [QINCoQuantizer(D, m).encode_beam for m in (2, 8, 16, 32, 64)] == [32, 32, 16, 8, 8]
     assert QINCoQuantizer(D, 16, beam_size=4).encode_beam == 4
     assert QINCoQuantizer(D, 16).get_params()["beam_size"] is None
