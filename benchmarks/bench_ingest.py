@@ -116,7 +116,7 @@ def make_data(args) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarr
     return data, synthetic(1000, rng, centers, basis)
 
 
-def segments_in_fresh_processes(args) -> dict:
+def segments_in_fresh_processes(args, gt: np.ndarray) -> dict:
     """:func:`segments_vs_compacted` in ``--processes`` new processes, one after the other: where the
     arrays of a process land in memory moves the ratio by several percent from one process to the
     next (0.86x and 0.91x in two quiet runs of this benchmark), more than between rounds of one process.
@@ -125,16 +125,15 @@ def segments_in_fresh_processes(args) -> dict:
     runs = []
     for _ in range(args.processes):
         with ctx.Pool(1) as pool:
-            runs.append(pool.apply(_segments_alone, (args,)))
+            runs.append(pool.apply(_segments_alone, (args, gt)))
         print(f"  segmented / compacted in a fresh process: {runs[-1]['ratio']:.3f}", flush=True)
     ratios = [r["ratio"] for r in runs]
     return {"runs": runs, "ratio": float(np.median(ratios)), "ratio_range": [min(ratios), max(ratios)]}
 
 
-def _segments_alone(args) -> dict:
+def _segments_alone(args, gt: np.ndarray) -> dict:
     apply_thread_limits(1)
     data, xq = make_data(args)
-    _, gt = knn_groundtruth(data[1][: 8 * (args.n // 8)], xq, 10)
     return segments_vs_compacted(args, data, xq, gt)
 
 
@@ -287,7 +286,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         res["checkpoint"] = checkpoint_cost(index, data[2], Path(tmp))
     del index
-    res["segments"] = segments_in_fresh_processes(args)
+    _, gt = knn_groundtruth(data[1][: 8 * (args.n // 8)], xq, 10)
+    res["segments"] = segments_in_fresh_processes(args, gt)
     if not args.skip_http:
         res["http"] = http_ingest(args, data, xq)
     big = res["at"][args.n]

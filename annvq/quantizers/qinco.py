@@ -96,8 +96,7 @@ class QINCoQuantizer(AdditiveCodec):
     ) -> None:
         super().__init__(d, M, nbits, random_state)
         for name, v in (("embed_dim", embed_dim), ("hidden_dim", hidden_dim), ("preselect", preselect),
-                        ("beam_size", 1 if beam_size is None else beam_size), ("k_factor", k_factor),
-                        ("batch_size", batch_size),
+                        ("k_factor", k_factor), ("batch_size", batch_size),
                         ("train_preselect", train_preselect), ("train_beam_size", train_beam_size),
                         ("patience", patience), ("max_train_points", max_train_points)):
             if int(v) < 1:
@@ -108,6 +107,8 @@ class QINCoQuantizer(AdditiveCodec):
             raise InvalidInputError(f"prefix_weight must be >= 0, got {prefix_weight}")
         if not 0.0 <= float(val_fraction) < 1.0:
             raise InvalidInputError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+        if beam_size is not None and int(beam_size) < 1:
+            raise InvalidInputError(f"beam_size must be a positive integer or None, got {beam_size}")
         self.embed_dim, self.hidden_dim, self.n_blocks = int(embed_dim), int(hidden_dim), int(n_blocks)
         self.preselect, self.k_factor = int(preselect), int(k_factor)
         self.beam_size = None if beam_size is None else int(beam_size)
