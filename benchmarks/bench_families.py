@@ -34,6 +34,7 @@ on the codebooks, one ICM sweep from the previous codes), with the mean and spre
 single run of the authors' code beside them.
 
     python benchmarks/bench_families.py --cq-reference --seeds 4 --out families_cq_reference
+    python benchmarks/bench_families.py --cq-reference --families bigann10k --seeds 8 --out families_cq_reference_bigann
 """
 from __future__ import annotations
 
@@ -212,10 +213,11 @@ def authors_schedule_cq(x: np.ndarray, seed: int) -> annvq.CompositeQuantizer:
                                     random_state=seed)
 
 
-def cq_reference_rows(seeds: int) -> list[dict[str, Any]]:
-    """CQ8x8 with annvq's defaults and on the authors' schedule, ``seeds`` seeds each, on the two SIFT sets."""
+def cq_reference_rows(seeds: int, names: list[str]) -> list[dict[str, Any]]:
+    """CQ8x8 with annvq's defaults and on the authors' schedule, ``seeds`` seeds each, on the SIFT sets
+    among ``names``."""
     rows = []
-    for name in CQ_AUTHORS:
+    for name in (n for n in CQ_AUTHORS if n in names):
         ds = load_annb(dataset_path(name))
         x, xq, gt = ds.train, ds.test, ds.neighbors
         for seed in range(seeds):
@@ -232,6 +234,8 @@ def cq_reference_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and standard deviation over seeds per (family, variant), then the single run of the authors' code."""
     out = []
     for name, theirs in CQ_AUTHORS.items():
+        if not any(r["family"] == name for r in rows):
+            continue
         for variant in dict.fromkeys(r["variant"] for r in rows if r["family"] == name):
             mine = [r for r in rows if r["family"] == name and r["variant"] == variant]
             row: dict[str, Any] = {"family": name, "variant": variant, "seeds": len(mine)}
@@ -376,7 +380,7 @@ def main() -> None:
     apply_thread_limits(args.threads)
     if args.cq_reference:
         print(markdown_table([], CQ_REF_COLS), flush=True)
-        rows = cq_reference_rows(args.seeds)
+        rows = cq_reference_rows(args.seeds, args.families)
         summary = cq_reference_summary(rows)
         print("\nCQ8x8, mean and standard deviation over seeds\n"
               + markdown_table(summary, ["family", "variant", "seeds", "mse", "mse_sd", "R@1", "R@1_sd", "R@1_range",
