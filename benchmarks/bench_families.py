@@ -207,8 +207,8 @@ def authors_schedule_cq(x: np.ndarray, seed: int) -> annvq.CompositeQuantizer:
     codebooks (theirs runs it to convergence, here 200 steps) and one ICM sweep from the previous codes,
     with no unconstrained rounds and no local search. The start stays annvq's product start (theirs is
     PQ on the raw coordinates)."""
-    scale = float(np.mean(np.sum((x - x.mean(axis=0)) ** 2, axis=1)))  # annvq's penalty is mu * scale
-    return annvq.CompositeQuantizer(x.shape[1], 8, 8, penalty=1e-4 * scale, niter=30, niter_free=0, ramp=0,
+    penalty = 1e-4 * annvq.CompositeQuantizer.penalty_scale(x)
+    return annvq.CompositeQuantizer(x.shape[1], 8, 8, penalty=penalty, niter=30, niter_free=0, ramp=0,
                                     niter_encoder=0, lbfgs_iters=200, icm_sweeps=1, train_ils_rounds=0,
                                     random_state=seed)
 

@@ -25,8 +25,8 @@ class CompositeQuantizer(AdditiveCodec):
     """CQ with ``M`` codebooks of ``nbits`` bits.
 
     Training minimises ``sum ||x - x_hat||^2 + mu sum (cross(x) - eps)^2``. The penalty weight is
-    ``mu = penalty / s`` with ``s`` the mean squared distance of the training vectors to their mean,
-    so ``penalty`` is scale-free. The stages:
+    ``mu = penalty / s`` with ``s`` (:meth:`penalty_scale`) the mean squared distance of the training
+    vectors to their mean, so ``penalty`` is scale-free. The stages:
 
     1. Start (``init``): "product" (OPQ codebooks, each living on its block of rotated coordinates,
        so every cross term is 0), "residual" (residual quantizer codebooks) or "auto". "auto" refines
@@ -131,8 +131,7 @@ class CompositeQuantizer(AdditiveCodec):
     # --- training ----------------------------------------------------------------------------------
     def fit(self, x: np.ndarray) -> CompositeQuantizer:
         x = self._check_train(x, self.max_train_points)
-        scale = float(np.mean(np.sum((x - x.mean(axis=0)) ** 2, axis=1)))
-        mu = self.penalty / max(scale, 1e-30)
+        mu = self.penalty / max(self.penalty_scale(x), 1e-30)
         self.mu = self.eps = 0.0
         few = self.init == "auto" and x.shape[0] < self.M * self.ksub
         ramp = 0 if few else self.ramp
@@ -150,6 +149,12 @@ class CompositeQuantizer(AdditiveCodec):
         self.mu = mu
         self._trained = True
         return self
+
+    @staticmethod
+    def penalty_scale(x: np.ndarray) -> float:
+        """The unit of ``penalty``: the mean squared distance of ``x`` to its mean, so that the absolute
+        weight is ``mu = penalty / penalty_scale(x)``."""
+        return float(np.mean(np.sum((x - x.mean(axis=0)) ** 2, axis=1)))
 
     def _mean_cross(self, codes: np.ndarray) -> float:
         return float(np.mean(self._cross_of(codes)))
